@@ -1,0 +1,1 @@
+"""ssae-lens: Sparse Shift Autoencoders and steering for SAELens / TransformerLens."""
