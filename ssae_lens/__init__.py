@@ -1,1 +1,34 @@
-"""ssae-lens: Sparse Shift Autoencoders and steering for SAELens / TransformerLens."""
+"""ssae-lens: Sparse Shift Autoencoders and steering for SAELens / TransformerLens.
+
+``import ssae_lens`` registers the ``"ssae"`` architecture with SAELens, so
+``sae_lens.SAE.load_from_disk`` and ``SAE.from_pretrained`` return an :class:`SSAE`.
+
+The modules follow the pipeline: pairs -> activations -> ssae -> training ->
+metrics / synthetic -> steering.
+"""
+
+from ssae_lens.builtin_pairs import attribute_texts
+from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
+from ssae_lens.ssae import (
+    SSAE,
+    SSAEConfig,
+    TrainingSSAE,
+    TrainingSSAEConfig,
+)
+from ssae_lens.training import SSAETrainer, train_ssae
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SSAE",
+    "ConceptPairs",
+    "DuplicatePairsWarning",
+    "SSAEConfig",
+    "SSAETrainer",
+    "TrainingSSAE",
+    "TrainingSSAEConfig",
+    "attribute_texts",
+    "list_pairs",
+    "load_pairs",
+    "train_ssae",
+]

@@ -1,0 +1,44 @@
+# Two entry points: `make test` and `make demo`. Both create (or reuse) .venv and
+# install what they need; the CPU build of torch 2.13.0 is installed first so the
+# package's `torch` requirement is already satisfied and no CUDA wheels are pulled.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-fast test-all lint bench demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Default suite (unit tests on tiny models) followed by the real-model tests.
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m slow
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: test
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ssae_lens tests benchmarks
+	$(VENV)/bin/ruff format --check ssae_lens tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/identifiability.py
+	$(PY) benchmarks/train_step.py
+
+demo: $(STAMP)
+	$(PY) -m ssae_lens.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

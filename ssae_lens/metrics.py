@@ -1,0 +1,129 @@
+"""Identifiability metrics: mean correlation coefficient (MCC) and its variants.
+
+``mcc(a, b)`` correlates every column of ``a`` with every column of ``b`` (Pearson
+or Spearman), takes absolute values (codes are identifiable up to sign and
+scale), finds the optimal one-to-one matching (Hungarian algorithm) and returns
+the mean of the matched correlations. With different numbers of columns, the
+smaller side is matched completely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+from torch import Tensor
+
+CorrelationMethod = Literal["pearson", "spearman"]
+
+
+@dataclass
+class Matching:
+    """An optimal one-to-one matching of columns of ``a`` to columns of ``b``."""
+
+    mcc: float
+    rows: list[int]
+    cols: list[int]
+    values: list[float]
+    correlation: Float[Tensor, "ka kb"]
+
+
+def correlation_matrix(
+    a: Float[Tensor, "n ka"], b: Float[Tensor, "n kb"], method: CorrelationMethod = "pearson"
+) -> Float[Tensor, "ka kb"]:
+    """Correlation between every column of ``a`` and every column of ``b``.
+
+    Constant columns have zero correlation with everything.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"mcc needs two (n, k) matrices with the same n, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}; rows are samples, columns are latents/factors."
+        )
+    if a.shape[0] < 2:
+        raise ValueError("correlation needs at least 2 samples (rows).")
+    if method not in ("pearson", "spearman"):
+        raise ValueError(f"method must be 'pearson' or 'spearman', got {method!r}.")
+    a = a.detach().double().cpu()
+    b = b.detach().double().cpu()
+    if method == "spearman":
+        a = torch.from_numpy(rankdata(a.numpy(), axis=0))
+        b = torch.from_numpy(rankdata(b.numpy(), axis=0))
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    na, nb = a.norm(dim=0), b.norm(dim=0)
+    corr = (a.T @ b) / (na[:, None] * nb[None, :]).clamp(min=1e-300)
+    corr[na == 0] = 0.0
+    corr[:, nb == 0] = 0.0
+    return corr.clamp(-1.0, 1.0)
+
+
+def match(
+    a: Float[Tensor, "n ka"], b: Float[Tensor, "n kb"], method: CorrelationMethod = "pearson"
+) -> Matching:
+    """The optimal matching of |correlations| between columns of ``a`` and ``b``."""
+    corr = correlation_matrix(a, b, method)
+    rows, cols = linear_sum_assignment(-corr.abs().numpy())
+    values = corr.abs()[rows, cols]
+    return Matching(
+        mcc=float(values.mean()),
+        rows=rows.tolist(),
+        cols=cols.tolist(),
+        values=values.tolist(),
+        correlation=corr,
+    )
+
+
+def mcc(
+    a: Float[Tensor, "n ka"], b: Float[Tensor, "n kb"], method: CorrelationMethod = "pearson"
+) -> float:
+    """Mean correlation coefficient between the columns of ``a`` and ``b`` (in [0, 1])."""
+    return match(a, b, method).mcc
+
+
+def seed_agreement_mcc(
+    decoders: Sequence[Float[Tensor, "d_sae d_in"]], method: CorrelationMethod = "pearson"
+) -> tuple[float, list[float]]:
+    """Agreement of dictionaries trained with different seeds.
+
+    Each decoder is ``(d_sae, d_in)`` (SAELens's ``W_dec``; an SAE is accepted
+    too): its rows are correlated across the ``d_in`` coordinates with the rows
+    of every other decoder and matched. Returns the mean over all pairs of runs
+    and the per-pair values.
+    """
+    mats = [d.W_dec if hasattr(d, "W_dec") else d for d in decoders]
+    if len(mats) < 2:
+        raise ValueError("seed_agreement_mcc needs decoders from at least 2 runs.")
+    pairs = [mcc(x.T, y.T, method) for x, y in combinations(mats, 2)]
+    return sum(pairs) / len(pairs), pairs
+
+
+def label_mcc(
+    codes: Float[Tensor, "n k"], labels: Float[Tensor, "n c"], method: CorrelationMethod = "pearson"
+) -> tuple[float, list[int]]:
+    """For each concept label, the best |correlation| of any latent with it.
+
+    Returns the mean over labels and, per label, the index of the best latent
+    (latents may be reused; use :func:`mcc` for a one-to-one matching).
+    """
+    corr = correlation_matrix(codes, labels, method).abs()
+    best, idx = corr.max(dim=0)
+    return float(best.mean()), idx.tolist()
+
+
+def matched_cosine(learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"]) -> Matching:
+    """Optimal one-to-one matching of |cosine| between learned and reference directions."""
+    a = learned.detach().double().cpu()
+    b = reference.detach().double().cpu()
+    a = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-300)
+    b = b / b.norm(dim=-1, keepdim=True).clamp(min=1e-300)
+    cos = a @ b.T
+    rows, cols = linear_sum_assignment(-cos.abs().numpy())
+    values = cos.abs()[rows, cols]
+    return Matching(float(values.mean()), rows.tolist(), cols.tolist(), values.tolist(), cos)

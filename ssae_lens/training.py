@@ -1,0 +1,314 @@
+"""Training SSAEs with SAELens's ``SAETrainer``.
+
+:func:`train_ssae` is the one-call entry point. It reuses SAELens's trainer for
+the learning-rate schedule, gradient clipping, checkpoints and wandb logging, and
+adds what the SSAE needs on top (:class:`SSAETrainer`): a separate learning rate
+for the Lagrange multiplier, a seeded shuffling data provider whose position is
+checkpointed (a resumed run ends with exactly the weights of an uninterrupted
+one), and a progress bar that shows the multiplier and constraint violation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.saes.sae import TrainStepOutput
+from sae_lens.training.optim import get_lr_scheduler
+from sae_lens.training.sae_trainer import SAETrainer
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ssae_lens.ssae import SSAE, TrainingSSAE, TrainingSSAEConfig
+
+DATA_STATE_FILENAME = "data_provider_state.json"
+HISTORY_FILENAME = "history.jsonl"
+_NORM_ESTIMATE_SAMPLES = 100_000
+
+
+def check_shifts(x: Tensor, d_in: int, what: str = "shifts") -> None:
+    """Raise a clear error unless ``x`` is a finite, non-empty ``(n, d_in)`` tensor."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (n, {d_in}), got {type(x)}.")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{what} must have shape (n > 0, {d_in}), got {tuple(x.shape)}.")
+    if x.shape[1] != d_in:
+        raise ValueError(
+            f"{what} have width {x.shape[1]} but the config says d_in={d_in}; "
+            f"set d_in={x.shape[1]} or harvest at the hook the SSAE was built for."
+        )
+    if not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+        raise ValueError(
+            f"{what} contain NaN/inf in {len(bad)} rows (first: {bad[:5].tolist()}); "
+            "drop or fix those rows before training."
+        )
+
+
+class ShuffledBatches(Iterator[Tensor]):
+    """Endless epochs over a tensor, each in a fresh permutation drawn from ``seed``.
+
+    The state is ``(epoch, offset)``: saving it in a checkpoint lets a resumed run
+    see exactly the batches the uninterrupted run would have seen.
+    """
+
+    def __init__(self, data: Float[Tensor, "n d"], batch_size: int, seed: int = 0):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.epoch, self.offset = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.data.shape[0], generator=gen)
+
+    def __next__(self) -> Tensor:
+        n = self.data.shape[0]
+        if self.offset + self.batch_size > n and self.offset > 0:
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._perm = self._permutation()
+        idx = self._perm[self.offset : self.offset + self.batch_size]
+        self.offset += self.batch_size
+        return self.data[idx]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self.offset = state["seed"], state["epoch"], state["offset"]
+        self._perm = self._permutation()
+
+
+class _CheckedBatches(Iterator[Tensor]):
+    """Validates batches from a user iterator and says clearly when it runs dry."""
+
+    def __init__(self, batches: Iterator[Tensor], d_in: int, head: list[Tensor]):
+        self.batches, self.d_in, self.head, self.n_seen = batches, d_in, head, 0
+
+    def __next__(self) -> Tensor:
+        try:
+            batch = self.head.pop(0) if self.head else next(self.batches)
+        except StopIteration:
+            raise RuntimeError(
+                f"The data iterator ran out after {self.n_seen} batches; pass a tensor, an "
+                "endless iterator, or lower training_steps."
+            ) from None
+        check_shifts(batch, self.d_in, what=f"batch {self.n_seen}")
+        self.n_seen += 1
+        return batch
+
+
+@dataclass
+class TrainingRecord:
+    """Metrics of one logged training step (also written to ``history.jsonl``)."""
+
+    step: int
+    recon_loss: float
+    mean_abs_code: float
+    sparsity_target: float
+    constraint_violation: float
+    lagrange_multiplier: float
+    lr: float
+
+
+class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
+    """SAELens's ``SAETrainer`` with the SSAE's multiplier learning rate and history.
+
+    Every ``log_every`` steps a :class:`TrainingRecord` is appended to
+    ``history`` (and shown on the progress bar); wandb, when enabled, gets the
+    same numbers as ``metrics/lagrange_multiplier`` and
+    ``metrics/constraint_violation`` through SAELens's logger.
+    """
+
+    def __init__(self, *args: Any, log_every: int = 50, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.log_every = log_every
+        self.history: list[TrainingRecord] = []
+        self._pbar: tqdm | None = None
+        multiplier = self.sae.lagrange_multiplier
+        primal = [p for p in self.sae.parameters() if p is not multiplier and p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": primal}]
+        if multiplier.requires_grad:
+            groups.append(
+                {"params": [multiplier], "lr": self.cfg.lr * self.sae.cfg.multiplier_lr_ratio}
+            )
+        self.optimizer = torch.optim.Adam(
+            groups, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2)
+        )
+        assert self.cfg.lr_end is not None
+        self.lr_scheduler = get_lr_scheduler(
+            self.cfg.lr_scheduler_name,
+            optimizer=self.optimizer,
+            training_steps=self.cfg.total_training_steps,
+            lr=self.cfg.lr,
+            warm_up_steps=self.cfg.lr_warm_up_steps,
+            decay_steps=self.cfg.lr_decay_steps,
+            lr_end=self.cfg.lr_end,
+            num_cycles=self.cfg.n_restart_cycles,
+        )
+
+    def save_trainer_state(self, checkpoint_path: Path) -> None:
+        super().save_trainer_state(checkpoint_path)
+        if isinstance(self.data_provider, ShuffledBatches):
+            _write_json_atomic(
+                checkpoint_path / DATA_STATE_FILENAME, self.data_provider.state_dict()
+            )
+        _write_text_atomic(
+            checkpoint_path / HISTORY_FILENAME,
+            "".join(json.dumps(r.__dict__) + "\n" for r in self.history),
+        )
+
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        checkpoint_path = Path(checkpoint_path)
+        super().load_trainer_state(checkpoint_path)
+        # SAETrainer checkpoints mid-step, before counting the step it just took.
+        self.n_training_steps = self.n_training_samples // self.cfg.train_batch_size_samples
+        data_state = checkpoint_path / DATA_STATE_FILENAME
+        if isinstance(self.data_provider, ShuffledBatches) and data_state.exists():
+            self.data_provider.load_state_dict(json.loads(data_state.read_text()))
+        history = checkpoint_path / HISTORY_FILENAME
+        if history.exists():
+            self.history = [
+                TrainingRecord(**json.loads(line)) for line in history.read_text().splitlines()
+            ]
+
+    def _update_pbar(self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100):
+        step = self.n_training_steps
+        if step % self.log_every == 0 or step == self.cfg.total_training_steps:
+            m = step_output.metrics
+            record = TrainingRecord(
+                step=step,
+                recon_loss=step_output.losses["recon_loss"].item(),
+                mean_abs_code=float(m["mean_abs_code"]),
+                sparsity_target=float(m["sparsity_target"]),
+                constraint_violation=float(m["constraint_violation"]),
+                lagrange_multiplier=float(m["lagrange_multiplier"]),
+                lr=self.optimizer.param_groups[0]["lr"],
+            )
+            self.history.append(record)
+            pbar.set_postfix(
+                recon=f"{record.recon_loss:.4f}",
+                l1=f"{record.mean_abs_code:.4f}",
+                viol=f"{record.constraint_violation:+.4f}",
+                mult=f"{record.lagrange_multiplier:.3f}",
+                refresh=False,
+            )
+        pbar.update(self.cfg.train_batch_size_samples)
+
+
+def train_ssae(
+    data: Float[Tensor, "n d_in"] | Iterable[Float[Tensor, "batch d_in"]],
+    cfg: TrainingSSAEConfig,
+    *,
+    seed: int = 0,
+    device: str | None = None,
+    checkpoint_path: str | Path | None = None,
+    n_checkpoints: int = 0,
+    resume_from: str | Path | None = None,
+    log_to_wandb: bool = False,
+    wandb_project: str = "ssae_lens",
+    log_every: int = 50,
+    return_trainer: bool = False,
+) -> SSAE | tuple[SSAE, SSAETrainer]:
+    """Train a Sparse Shift Autoencoder on shifts and return the inference :class:`SSAE`.
+
+    Args:
+        data: shifts ``delta = z(x~) - z(x)`` as an ``(n, d_in)`` tensor (shuffled
+            into batches of ``cfg.batch_size`` with ``seed``), or an iterable of
+            ``(batch, d_in)`` tensors long enough for ``cfg.training_steps`` batches.
+            ``harvest_shifts`` output plugs in directly.
+        cfg: architecture, objective and optimisation; see :class:`TrainingSSAEConfig`.
+        seed: seeds the initialisation and the data order.
+        device: where to train (default ``cfg.device``).
+        checkpoint_path: folder for SAELens checkpoints (weights, config, optimiser,
+            multiplier, data position and history); ``n_checkpoints`` evenly spaced
+            ones plus a final one are written there.
+        resume_from: a checkpoint folder to continue from; the run then ends with
+            the same weights as an uninterrupted run with the same arguments.
+        log_to_wandb: log through SAELens's wandb logger (call ``wandb.init`` or let
+            this function start a run in ``wandb_project``).
+        log_every: steps between entries of the trainer's ``history``.
+        return_trainer: also return the :class:`SSAETrainer` (its ``history``).
+    """
+    device = device or cfg.device
+    torch.manual_seed(seed)
+    sae = TrainingSSAE(cfg)
+    if isinstance(data, Tensor):
+        check_shifts(data, cfg.d_in)
+        sample = data[:_NORM_ESTIMATE_SAMPLES]
+        provider: Iterator[Tensor] = ShuffledBatches(data, cfg.batch_size, seed=seed)
+    else:
+        iterator = iter(data)
+        head: list[Tensor] = []
+        n_head = 0
+        for batch in iterator:
+            check_shifts(batch, cfg.d_in, what=f"batch {len(head)}")
+            head.append(batch)
+            n_head += batch.shape[0]
+            if n_head >= _NORM_ESTIMATE_SAMPLES:
+                break
+        if not head:
+            raise ValueError("The data iterator is empty: there are no shifts to train on.")
+        sample = torch.cat(head)
+        provider = _CheckedBatches(iterator, cfg.d_in, head)
+    sae.fit_normalization(sample)
+
+    if log_to_wandb:
+        import wandb
+
+        if wandb.run is None:
+            wandb.init(project=wandb_project, config=cfg.to_dict())
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=cfg.training_steps * cfg.batch_size,
+        train_batch_size_samples=cfg.batch_size,
+        lr=cfg.lr,
+        lr_end=cfg.lr * cfg.lr_end_ratio,
+        lr_scheduler_name="cosineannealing",
+        device=device,
+        n_checkpoints=n_checkpoints,
+        checkpoint_path=None if checkpoint_path is None else str(checkpoint_path),
+        save_final_checkpoint=checkpoint_path is not None,
+        logger=LoggingConfig(log_to_wandb=log_to_wandb, wandb_project=wandb_project),
+    )
+    trainer = SSAETrainer(trainer_cfg, sae, provider, log_every=log_every)
+    if resume_from is not None:
+        _resume(trainer, Path(resume_from))
+    trainer.fit()
+    with torch.no_grad():
+        sae.normalize_decoder()
+    ssae = sae.to_inference()
+    return (ssae, trainer) if return_trainer else ssae
+
+
+def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
+    if not (checkpoint / "cfg.json").exists():
+        raise FileNotFoundError(
+            f"{checkpoint} is not an SSAE checkpoint (no cfg.json); pass a folder written "
+            "by train_ssae(checkpoint_path=...), e.g. <checkpoint_path>/<n_samples>."
+        )
+    saved = TrainingSSAE.load_from_disk(checkpoint, device=trainer.cfg.device)
+    trainer.sae.load_state_dict(saved.state_dict())
+    trainer.load_trainer_state(checkpoint)
+    # Skip checkpoints the interrupted run already wrote.
+    trainer.checkpoint_thresholds = [
+        t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples
+    ]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    _write_text_atomic(path, json.dumps(obj, indent=2))
+
+
+__all__ = ["SSAETrainer", "ShuffledBatches", "TrainingRecord", "check_shifts", "train_ssae"]

@@ -1,0 +1,83 @@
+"""MCC and friends against brute force and numpy references."""
+
+from itertools import permutations
+
+import numpy as np
+import pytest
+import torch
+
+from ssae_lens.metrics import (
+    correlation_matrix,
+    label_mcc,
+    match,
+    matched_cosine,
+    mcc,
+    seed_agreement_mcc,
+)
+
+
+def test_correlation_matrix_matches_numpy():
+    a, b = torch.randn(50, 3), torch.randn(50, 4)
+    expected = np.corrcoef(a.numpy().T, b.numpy().T)[:3, 3:]
+    np.testing.assert_allclose(correlation_matrix(a, b).numpy(), expected, atol=1e-10)
+
+
+def test_mcc_equals_brute_force_over_permutations():
+    a, b = torch.randn(40, 4), torch.randn(40, 4)
+    corr = np.abs(np.corrcoef(a.numpy().T, b.numpy().T)[:4, 4:])
+    best = max(np.mean([corr[i, p[i]] for i in range(4)]) for p in permutations(range(4)))
+    assert mcc(a, b) == pytest.approx(best)
+
+
+def test_mcc_is_one_for_permuted_rescaled_sign_flipped_codes():
+    a = torch.randn(100, 5)
+    b = a[:, [3, 0, 4, 1, 2]] * torch.tensor([2.0, -0.5, 3.0, -1.0, 7.0]) + 1.0
+    result = match(a, b)
+    assert result.mcc == pytest.approx(1.0)
+    assert result.cols == [1, 3, 4, 0, 2]
+
+
+def test_spearman_is_invariant_to_monotone_maps_but_pearson_is_not():
+    a = torch.randn(200, 2)
+    b = torch.exp(3 * a)
+    assert mcc(a, b, "spearman") == pytest.approx(1.0)
+    assert mcc(a, b, "pearson") < 0.9
+
+
+def test_rectangular_mcc_matches_the_smaller_side():
+    truth = torch.randn(100, 2)
+    codes = torch.cat([truth, torch.randn(100, 3)], dim=1)
+    assert mcc(codes, truth) == pytest.approx(1.0)
+
+
+def test_constant_columns_count_as_uncorrelated():
+    a = torch.cat([torch.randn(30, 1), torch.ones(30, 1)], dim=1)
+    assert correlation_matrix(a, a)[1].abs().sum() == 0
+
+
+def test_seed_agreement_of_permuted_and_flipped_decoders_is_one():
+    w = torch.randn(6, 32)
+    other = -w[[5, 4, 3, 2, 1, 0]] * 3
+    mean, pairs = seed_agreement_mcc([w, other, w * 2])
+    assert mean == pytest.approx(1.0) and len(pairs) == 3
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_agreement_mcc([w])
+
+
+def test_label_mcc_picks_the_best_latent_per_label():
+    labels = torch.randint(0, 2, (200, 2)).float()
+    codes = torch.stack([torch.randn(200), labels[:, 1] * 2 - 1, labels[:, 0]], dim=1)
+    score, best = label_mcc(codes, labels)
+    assert score == pytest.approx(1.0) and best == [2, 1]
+
+
+def test_matched_cosine_of_rotated_basis():
+    ref = torch.eye(3, 8)
+    learned = -ref[[2, 0, 1]] * 5
+    result = matched_cosine(learned, ref)
+    assert result.mcc == pytest.approx(1.0) and result.cols == [2, 0, 1]
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="same n"):
+        mcc(torch.randn(5, 2), torch.randn(6, 2))

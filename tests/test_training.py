@@ -1,0 +1,134 @@
+"""train_ssae: identifiability on synthetic shifts, sparsity modes, resuming, bad input."""
+
+import statistics
+
+import pytest
+import torch
+
+from ssae_lens import TrainingSSAEConfig, train_ssae
+from ssae_lens.metrics import mcc
+from ssae_lens.synthetic import make_synthetic_shifts
+from ssae_lens.training import ShuffledBatches
+
+
+def test_defaults_recover_concepts_on_synthetic_shifts():
+    # The issue's acceptance setting: n=9 concepts, <=3 change, d=64, 20k pairs, defaults.
+    scores = []
+    for seed in range(3):
+        data = make_synthetic_shifts(20_000, 9, 3, 64, seed=seed)
+        sae = train_ssae(data.shifts, TrainingSSAEConfig(d_in=64, d_sae=9), seed=seed)
+        scores.append(mcc(sae.encode(data.shifts).detach(), data.concept_changes))
+    assert statistics.median(scores) >= 0.95, scores
+
+
+def test_unconstrained_autoencoder_is_not_identifiable():
+    data = make_synthetic_shifts(5_000, 9, 3, 64, seed=0)
+    cfg = TrainingSSAEConfig(d_in=64, d_sae=9, sparsity="none", training_steps=600)
+    aff = train_ssae(data.shifts, cfg, seed=0)
+    assert mcc(aff.encode(data.shifts).detach(), data.concept_changes) < 0.8
+
+
+def _small_run(steps=300, **overrides):
+    data = make_synthetic_shifts(2_000, 4, 2, 16, seed=1)
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=steps, batch_size=64, **overrides)
+    return data, train_ssae(data.shifts, cfg, seed=0, return_trainer=True)
+
+
+def test_constraint_is_met_and_logged():
+    _, (sae, trainer) = _small_run(steps=1500, sparsity_target=0.2)
+    last = trainer.history[-1]
+    assert last.step == 1500
+    assert last.mean_abs_code <= 0.2 * 1.1
+    assert last.constraint_violation == pytest.approx(last.mean_abs_code - 0.2, abs=1e-6)
+    assert all(r.lagrange_multiplier >= 0 for r in trainer.history)
+    # The multiplier rose while the constraint was violated early on.
+    assert max(r.lagrange_multiplier for r in trainer.history) > 0
+
+
+def test_decoder_rows_have_unit_norm_after_training():
+    _, (sae, _) = _small_run()
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(4))
+
+
+def test_topk_mode_gives_at_most_k_active_units():
+    data, (sae, _) = _small_run(sparsity="topk", topk=2)
+    assert ((sae.encode(data.shifts) != 0).sum(-1) <= 2).all()
+
+
+def test_l1_penalty_lowers_code_magnitude_against_no_penalty():
+    data, (l1, _) = _small_run(sparsity="l1", l1_coefficient=1.0)
+    _, (free, _) = _small_run(sparsity="none")
+    scaled = data.shifts * l1.shift_scale
+    assert l1.encode(data.shifts).abs().mean() < free.encode(data.shifts).abs().mean()
+    assert scaled.pow(2).sum(-1).mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_iterator_of_batches_trains_and_runs_dry_clearly():
+    data = make_synthetic_shifts(3_000, 4, 2, 16, seed=2)
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=40, batch_size=50)
+    sae = train_ssae(iter(data.shifts.split(50)), cfg, seed=0)
+    assert sae.cfg.d_in == 16
+    with pytest.raises(RuntimeError, match="ran out after"):
+        train_ssae(iter(data.shifts[:500].split(50)), cfg, seed=0)
+
+
+def test_resuming_from_a_checkpoint_loses_nothing(tmp_path):
+    data = make_synthetic_shifts(1_000, 4, 2, 16, seed=3)
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=60, batch_size=64)
+    full, full_trainer = train_ssae(
+        data.shifts,
+        cfg,
+        seed=5,
+        checkpoint_path=tmp_path / "a",
+        n_checkpoints=1,
+        return_trainer=True,
+        log_every=10,
+    )
+    middle = sorted((tmp_path / "a").iterdir(), key=lambda p: p.stat().st_mtime)[0]
+    assert middle.name != f"final_{60 * 64}"
+    resumed, resumed_trainer = train_ssae(
+        data.shifts,
+        cfg,
+        seed=5,
+        resume_from=middle,
+        checkpoint_path=tmp_path / "b",
+        return_trainer=True,
+        log_every=10,
+    )
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+    assert [r.step for r in resumed_trainer.history] == [r.step for r in full_trainer.history]
+
+
+def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
+    data = torch.arange(10).float()[:, None]
+    batches = ShuffledBatches(data, batch_size=5, seed=1)
+    epoch = torch.cat([next(batches), next(batches)]).flatten().sort().values
+    assert torch.equal(epoch, torch.arange(10).float())
+    state = batches.state_dict()
+    ahead = [next(batches) for _ in range(3)]
+    again = ShuffledBatches(data, batch_size=5, seed=1)
+    again.load_state_dict(state)
+    assert all(torch.equal(a, next(again)) for a in ahead)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (torch.randn(10, 7), "d_in=8"),
+        (torch.full((10, 8), float("nan")), "NaN/inf"),
+        (torch.empty(0, 8), r"n > 0"),
+        (iter([]), "iterator is empty"),
+    ],
+)
+def test_bad_data_fails_with_a_clear_message(data, message):
+    with pytest.raises(ValueError, match=message):
+        train_ssae(data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5))
+
+
+def test_resume_from_a_wrong_folder_says_what_to_pass(tmp_path):
+    data = torch.randn(100, 8)
+    with pytest.raises(FileNotFoundError, match="not an SSAE checkpoint"):
+        train_ssae(
+            data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5), resume_from=tmp_path
+        )
