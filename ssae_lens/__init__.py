@@ -7,14 +7,17 @@ The modules follow the pipeline: pairs -> activations -> ssae -> training ->
 metrics / synthetic -> steering.
 """
 
+from ssae_lens import models
+from ssae_lens.activations import (
+    PairedActivationStore,
+    harvest_activations,
+    harvest_shifts,
+    model_fingerprint,
+)
 from ssae_lens.builtin_pairs import attribute_texts
 from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
-from ssae_lens.ssae import (
-    SSAE,
-    SSAEConfig,
-    TrainingSSAE,
-    TrainingSSAEConfig,
-)
+from ssae_lens.ssae import SSAE, SSAEConfig, TrainingSSAE, TrainingSSAEConfig
+from ssae_lens.steering import SteeringVector, caa_vector, steer, steer_rows
 from ssae_lens.training import SSAETrainer, train_ssae
 
 __version__ = "0.1.0"
@@ -23,12 +26,21 @@ __all__ = [
     "SSAE",
     "ConceptPairs",
     "DuplicatePairsWarning",
+    "PairedActivationStore",
     "SSAEConfig",
     "SSAETrainer",
+    "SteeringVector",
     "TrainingSSAE",
     "TrainingSSAEConfig",
     "attribute_texts",
+    "caa_vector",
+    "harvest_activations",
+    "harvest_shifts",
     "list_pairs",
     "load_pairs",
+    "model_fingerprint",
+    "models",
+    "steer",
+    "steer_rows",
     "train_ssae",
 ]

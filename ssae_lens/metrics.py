@@ -127,3 +127,34 @@ def matched_cosine(learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"
     rows, cols = linear_sum_assignment(-cos.abs().numpy())
     values = cos.abs()[rows, cols]
     return Matching(float(values.mean()), rows.tolist(), cols.tolist(), values.tolist(), cos)
+
+
+def concept_directions(
+    shifts: Float[Tensor, "n d"], labels: Float[Tensor, "n c"]
+) -> Float[Tensor, "c d"]:
+    """Supervised single-concept directions: the mean shift of the pairs where only
+    that concept changed (sign-corrected by its label). Unsupervised methods never
+    see these; they are the reference for concept alignment."""
+    changed = labels != 0
+    only = changed & (changed.sum(-1, keepdim=True) == 1)
+    if (only.sum(0) == 0).any():
+        missing = (only.sum(0) == 0).nonzero().flatten().tolist()
+        raise ValueError(f"no pair changes only concept column(s) {missing}.")
+    signed = labels.sign() * only
+    return (signed.T @ shifts) / only.sum(0)[:, None]
+
+
+def steering_accuracy(
+    source: Float[Tensor, "n d"],
+    target: Float[Tensor, "n d"],
+    directions: Float[Tensor, "n d"],
+) -> float:
+    """Mean cosine of ``source/||source|| + v/||v||`` with ``target`` over held-out pairs.
+
+    ``directions[i]`` is the steering direction used for pair ``i`` (e.g. the
+    learned column of the concept that pair changes). This is the SSAE paper's
+    steering accuracy.
+    """
+    src = source / source.norm(dim=-1, keepdim=True)
+    v = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    return float(torch.nn.functional.cosine_similarity(src + v, target, dim=-1).mean())

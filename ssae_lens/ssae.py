@@ -136,7 +136,7 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
     """
 
     sparsity: SparsityMode = "constraint"
-    sparsity_target: float = 0.05
+    sparsity_target: float = 0.1
     sparsity_target_start: float | None = None
     sparsity_target_ramp_steps: int = 0
     multiplier_lr_ratio: float = 0.5

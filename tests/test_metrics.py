@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ssae_lens.metrics import (
+    concept_directions,
     correlation_matrix,
     label_mcc,
     match,
@@ -81,3 +82,21 @@ def test_matched_cosine_of_rotated_basis():
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="same n"):
         mcc(torch.randn(5, 2), torch.randn(6, 2))
+
+
+def test_concept_directions_average_single_concept_shifts_with_sign():
+    shifts = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, -2.0], [5.0, 5.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])
+    dirs = concept_directions(shifts, labels)
+    torch.testing.assert_close(dirs, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+
+
+def test_steering_accuracy_by_hand():
+    from ssae_lens.metrics import steering_accuracy
+
+    src = torch.tensor([[2.0, 0.0]])
+    tgt = torch.tensor([[1.0, 1.0]])
+    # normalised source (1, 0) + unit direction (0, 1) = (1, 1): cosine 1 with the target
+    assert steering_accuracy(src, tgt, torch.tensor([[0.0, 5.0]])) == pytest.approx(1.0)
+    # direction (1, 0): (2, 0) vs (1, 1): cosine 1/sqrt(2)
+    assert steering_accuracy(src, tgt, torch.tensor([[3.0, 0.0]])) == pytest.approx(2**-0.5)

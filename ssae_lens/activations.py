@@ -1,0 +1,609 @@
+"""Harvesting activations and paired activation shifts from a ``HookedTransformer``.
+
+A Sparse Shift Autoencoder learns from shifts ``z(target) - z(source)`` of paired prompts read at
+one hook point. :class:`PairedActivationStore` runs the model over both sides of every pair and
+returns those shifts; :func:`harvest_shifts` is its function form and
+:func:`harvest_activations` harvests single prompts (steering and CAA need those).
+
+How a prompt becomes one vector (``position``):
+
+- ``"last"``: the last real token, under left or right padding, with or without BOS.
+- ``"mean"``: the mean over the real tokens. BOS is excluded unless ``include_bos=True``: it
+  carries no information about the prompt and is a massive-norm outlier in models such as Gemma.
+- ``"all"``: every real token (BOS excluded unless ``include_bos=True``); rows are concatenated
+  pair by pair (prompt by prompt), so the result is ``(n_tokens, d)``. Paired harvesting then
+  needs both sides of each pair to have the same token length.
+
+Each distinct text is run once. Texts are sorted by token length and batched to minimise padding,
+padding is masked with an explicit attention mask, the forward pass stops just after the deepest
+requested hook (``stop_at_layer``), and hooks keep only the requested positions, so full
+activations are never stored. Hooks already on the model (e.g. a steering hook) stay active.
+Activations of attention hooks with a head dimension (e.g. ``blocks.L.attn.hook_q``,
+``[batch, pos, head, d_head]``) are flattened to ``head * d_head``.
+
+With ``cache_dir`` set, activations are written as safetensors shards plus a JSON manifest in a
+folder keyed by the model (config and a checksum of its weights), the hooks, the position options
+and the token ids of the texts. Shards and manifest are written atomically, an interrupted run
+resumes at the last completed shard, and a rerun with the same key reads the cache instead of
+running the model. Cached activations are stored in float32 whatever the requested ``dtype``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+__all__ = [
+    "PairedActivationStore",
+    "Position",
+    "harvest_activations",
+    "harvest_shifts",
+    "model_fingerprint",
+]
+
+Position = Literal["last", "mean", "all"]
+POSITIONS: tuple[str, ...] = ("last", "mean", "all")
+
+HarvestOutput = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor, "n d"]]
+"""Shifts, or ``(source_acts, target_acts)`` with ``return_both=True``."""
+
+_CACHE_FORMAT_VERSION = 1
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+class PairedActivationStore:
+    """Activation shifts ``target - source`` of paired prompts at one or more hook points.
+
+    Args:
+        model: The model to run.
+        pairs: A ``ConceptPairs`` (or any object with ``.sources`` and ``.targets`` lists of
+            strings) or a ``(sources, targets)`` tuple of lists.
+        hook_names: One TransformerLens hook name or a list of them (``blocks.6.hook_resid_post``,
+            ``blocks.3.attn.hook_q``, ...).
+        position: ``"last"``, ``"mean"`` or ``"all"`` (see the module docstring).
+        batch_size: Texts per forward pass.
+        dtype: Dtype of the returned tensors.
+        device: Device of the returned tensors.
+        cache_dir: Folder for the disk cache; ``None`` disables caching.
+        return_both: If true, :meth:`harvest` returns ``(source_acts, target_acts)`` per hook
+            instead of shifts.
+        prepend_bos: Whether to prepend BOS; ``None`` uses ``model.cfg.default_prepend_bos``.
+        padding_side: ``"left"`` or ``"right"``; ``None`` uses ``model.tokenizer.padding_side``.
+            Results do not depend on it beyond float rounding.
+        include_bos: Whether BOS counts as a token for ``"mean"`` and ``"all"``.
+        shard_size: Texts per cache shard.
+        progress: Whether to show a progress bar.
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        pairs: Any,
+        hook_names: str | Sequence[str],
+        position: Position = "last",
+        *,
+        batch_size: int = 32,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+        cache_dir: str | os.PathLike | None = None,
+        return_both: bool = False,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        include_bos: bool = False,
+        shard_size: int = 4096,
+        progress: bool = True,
+    ):
+        sources, targets = _as_text_pairs(pairs)
+        self.model = model
+        self.hook_names = _as_hook_list(hook_names)
+        self.position = position
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.return_both = return_both
+        self._harvester = _TextHarvester(
+            model,
+            sources + targets,
+            self.hook_names,
+            position,
+            describe=lambda i: _describe_pair_text(i, len(sources)),
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            prepend_bos=prepend_bos,
+            padding_side=padding_side,
+            include_bos=include_bos,
+            shard_size=shard_size,
+            progress=progress,
+        )
+        n = len(sources)
+        self._source_index = self._harvester.text_to_unique[:n]
+        self._target_index = self._harvester.text_to_unique[n:]
+        counts = self._harvester.counted_tokens
+        if position == "all":
+            unequal = [
+                i
+                for i in range(n)
+                if counts[self._source_index[i]] != counts[self._target_index[i]]
+            ]
+            if unequal:
+                i = unequal[0]
+                raise ValueError(
+                    f"position='all' needs both sides of a pair to have the same token length, "
+                    f"but {len(unequal)} pair(s) differ; first: pair {i} "
+                    f"({sources[i]!r}: {counts[self._source_index[i]]} tokens, "
+                    f"{targets[i]!r}: {counts[self._target_index[i]]} tokens). "
+                    "Use position='last' or 'mean', or drop those pairs."
+                )
+        self.rows_per_pair: list[int] = (
+            [counts[u] for u in self._source_index] if position == "all" else [1] * n
+        )
+        """Output rows of each pair: its token count for ``position="all"``, else 1."""
+        self._result: dict[str, HarvestOutput] | None = None
+
+    def __len__(self) -> int:
+        return len(self._source_index)
+
+    @property
+    def stop_at_layer(self) -> int | None:
+        """The ``stop_at_layer`` used for the forward passes (``None``: the full model)."""
+        return self._harvester.stop_at_layer
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens fed to the model (distinct texts, BOS included, padding excluded)."""
+        return self._harvester.n_tokens
+
+    def harvest(self) -> dict[str, HarvestOutput]:
+        """Run (or read from cache) and return the result for every hook.
+
+        Returns:
+            A dict from hook name to shifts ``Float[Tensor, "n d"]`` (``n`` pairs, or tokens for
+            ``position="all"``), or to ``(source_acts, target_acts)`` if ``return_both``.
+        """
+        if self._result is None:
+            acts = self._harvester.run()
+            self._result = {hook: self._pair_up(acts[hook]) for hook in self.hook_names}
+        return self._result
+
+    def _pair_up(self, acts: Float[Tensor, "rows d"]) -> HarvestOutput:
+        source = self._harvester.gather(acts, self._source_index)
+        target = self._harvester.gather(acts, self._target_index)
+        if self.return_both:
+            return _cast(source, self.dtype, self.device), _cast(target, self.dtype, self.device)
+        return _cast(target - source, self.dtype, self.device)
+
+
+def harvest_shifts(
+    model: HookedTransformer,
+    pairs: Any,
+    hook_name: str | Sequence[str],
+    position: Position = "last",
+    batch_size: int = 32,
+    **options: Any,
+) -> HarvestOutput | dict[str, HarvestOutput]:
+    """Activation shifts ``z(target) - z(source)`` of paired prompts.
+
+    Function form of :class:`PairedActivationStore` (``options`` are its keyword arguments).
+
+    Returns:
+        ``Float[Tensor, "n_pairs d"]`` (``"n_tokens d"`` for ``position="all"``), or
+        ``(source_acts, target_acts)`` with ``return_both=True``; a dict by hook name if
+        ``hook_name`` is a list.
+    """
+    store = PairedActivationStore(
+        model, pairs, hook_name, position, batch_size=batch_size, **options
+    )
+    result = store.harvest()
+    return result[hook_name] if isinstance(hook_name, str) else result
+
+
+def harvest_activations(
+    model: HookedTransformer,
+    texts: Sequence[str],
+    hook_name: str | Sequence[str],
+    position: Position = "last",
+    batch_size: int = 32,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    **options: Any,
+) -> Float[Tensor, "n d"] | dict[str, Float[Tensor, "n d"]]:
+    """Activations of single prompts at one or more hook points.
+
+    Args:
+        model: The model to run.
+        texts: The prompts.
+        hook_name: A hook name or a list of them.
+        position: ``"last"``, ``"mean"`` or ``"all"`` (rows concatenated prompt by prompt).
+        batch_size: Texts per forward pass.
+        dtype: Dtype of the returned tensors.
+        device: Device of the returned tensors.
+        **options: ``cache_dir``, ``prepend_bos``, ``padding_side``, ``include_bos``,
+            ``shard_size``, ``progress`` as in :class:`PairedActivationStore`.
+
+    Returns:
+        ``Float[Tensor, "n_texts d"]`` (``"n_tokens d"`` for ``"all"``), or a dict by hook name
+        if ``hook_name`` is a list.
+    """
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string; wrap it: [text].")
+    harvester = _TextHarvester(
+        model,
+        list(texts),
+        _as_hook_list(hook_name),
+        position,
+        describe=lambda i: f"text {i}",
+        batch_size=batch_size,
+        **options,
+    )
+    acts = harvester.run()
+    out = {
+        hook: _cast(harvester.gather(value, harvester.text_to_unique), dtype, device)
+        for hook, value in acts.items()
+    }
+    return out[hook_name] if isinstance(hook_name, str) else out
+
+
+def model_fingerprint(model: HookedTransformer) -> str:
+    """A cheap identity of a model: sha256 of its config and of a strided sample of every weight.
+
+    Two models with the same architecture but different weights get different fingerprints;
+    the device the model lives on does not matter.
+    """
+    cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in ("device", "n_devices")}
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 256)][:256]
+            digest.update(name.encode())
+            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _TextHarvester:
+    """Runs a model over distinct texts and reduces hook activations to the requested positions.
+
+    ``run()`` returns, per hook, a float32 CPU tensor with one row per distinct text
+    (``"last"``/``"mean"``) or the concatenated token rows of the distinct texts (``"all"``,
+    located by ``row_slices``). ``text_to_unique`` maps each input text to its distinct text.
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        texts: list[str],
+        hook_names: list[str],
+        position: str,
+        *,
+        describe: Callable[[int], str],
+        batch_size: int = 32,
+        cache_dir: str | os.PathLike | None = None,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        include_bos: bool = False,
+        shard_size: int = 4096,
+        progress: bool = True,
+    ):
+        if not isinstance(model, HookedTransformer):
+            raise TypeError(
+                f"model must be a HookedTransformer, got {type(model).__name__}; "
+                "load one with ssae_lens.models.load_model."
+            )
+        if model.tokenizer is None:
+            raise ValueError("The model has no tokenizer; set one with model.set_tokenizer(...).")
+        if position not in POSITIONS:
+            raise ValueError(f"Unknown position {position!r}; use one of {list(POSITIONS)}.")
+        if batch_size < 1 or shard_size < 1:
+            raise ValueError(
+                f"batch_size and shard_size must be >= 1 (got {batch_size}, {shard_size})."
+            )
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}.")
+        if not texts:
+            raise ValueError("No texts to harvest: the dataset is empty.")
+        _check_hooks(model, hook_names)
+
+        self.model = model
+        self.hook_names = hook_names
+        self.position = position
+        self.batch_size = batch_size
+        self.padding_side = padding_side or model.tokenizer.padding_side or "right"
+        self.progress = progress
+        self.stop_at_layer = _stop_layer(hook_names)
+        if prepend_bos is None:
+            prepend_bos = model.cfg.default_prepend_bos
+        has_bos = bool(prepend_bos) and model.tokenizer.bos_token_id is not None
+        self.drop_bos = has_bos and not include_bos and position != "last"
+
+        unique: dict[str, int] = {}
+        self.text_to_unique = [unique.setdefault(text, len(unique)) for text in texts]
+        first_use = {u: i for i, u in reversed(list(enumerate(self.text_to_unique)))}
+        self.tokens: list[list[int]] = []
+        for u, text in enumerate(unique):
+            if not isinstance(text, str) or not text:
+                raise ValueError(
+                    f"{describe(first_use[u])} is empty or not a string ({text!r}); "
+                    "remove it from the dataset."
+                )
+            ids = model.to_tokens(
+                text, prepend_bos=prepend_bos, move_to_device=False, truncate=False
+            )[0].tolist()
+            if len(ids) > model.cfg.n_ctx:
+                raise ValueError(
+                    f"{describe(first_use[u])} is {len(ids)} tokens long, more than the model's "
+                    f"context of {model.cfg.n_ctx} (n_ctx). Shorten or drop it."
+                )
+            if len(ids) <= int(self.drop_bos):
+                raise ValueError(
+                    f"{describe(first_use[u])} ({text!r}) has no tokens besides BOS, so "
+                    f"position={position!r} has nothing to harvest; remove it or pass "
+                    "include_bos=True."
+                )
+            self.tokens.append(ids)
+
+        self.counted_tokens = [len(ids) - int(self.drop_bos) for ids in self.tokens]
+        self.n_tokens = sum(len(ids) for ids in self.tokens)
+        rows = self.counted_tokens if position == "all" else [1] * len(self.tokens)
+        # Longest first: memory problems show up in the first batch, not the last.
+        self.order = sorted(range(len(self.tokens)), key=lambda u: -len(self.tokens[u]))
+        self.row_slices: list[slice] = [slice(0, 0)] * len(self.tokens)
+        start = 0
+        for u in self.order:
+            self.row_slices[u] = slice(start, start + rows[u])
+            start += rows[u]
+        self.shard_size = shard_size
+        self.cache = (
+            _ShardCache(Path(cache_dir), self._cache_key(prepend_bos, include_bos), shard_size)
+            if cache_dir is not None
+            else None
+        )
+
+    def _cache_key(self, prepend_bos: bool, include_bos: bool) -> dict[str, Any]:
+        tokens = hashlib.sha256()
+        for u in self.order:
+            tokens.update(json.dumps(self.tokens[u]).encode())
+        return {
+            "format_version": _CACHE_FORMAT_VERSION,
+            "model_name": self.model.cfg.model_name,
+            "model_fingerprint": model_fingerprint(self.model),
+            "model_dtype": str(self.model.cfg.dtype),
+            "hook_names": sorted(self.hook_names),
+            "position": self.position,
+            "prepend_bos": bool(prepend_bos),
+            "include_bos": bool(include_bos),
+            "n_texts": len(self.tokens),
+            "tokens_sha256": tokens.hexdigest(),
+        }
+
+    def gather(self, acts: Float[Tensor, "rows d"], texts: list[int]) -> Float[Tensor, "n d"]:
+        """The rows of the distinct texts ``texts`` (indices into the distinct texts), in order."""
+        if self.position == "all":
+            return torch.cat([acts[self.row_slices[u]] for u in texts])
+        return acts[torch.tensor([self.row_slices[u].start for u in texts], dtype=torch.long)]
+
+    def run(self) -> dict[str, Float[Tensor, "rows d"]]:
+        """Per hook, the reduced activations of all distinct texts (float32, CPU)."""
+        shard_size = self.cache.shard_size if self.cache is not None else self.shard_size
+        shards = [self.order[i : i + shard_size] for i in range(0, len(self.order), shard_size)]
+        done = self.cache.completed() if self.cache is not None else set()
+        out: dict[str, list[Tensor]] = {hook: [] for hook in self.hook_names}
+        todo = sum(len(s) for k, s in enumerate(shards) if k not in done)
+        bar = tqdm(total=todo, desc="Harvesting", unit="text", disable=not self.progress)
+        with torch.no_grad():
+            for k, shard in enumerate(shards):
+                expected_rows = sum(
+                    self.row_slices[u].stop - self.row_slices[u].start for u in shard
+                )
+                acts = self.cache.load(k, expected_rows) if k in done else None
+                if acts is None:
+                    acts = self._run_shard(shard, bar)
+                    if self.cache is not None:
+                        self.cache.save(k, acts, len(shards))
+                for hook in self.hook_names:
+                    out[hook].append(acts[hook])
+        bar.close()
+        return {hook: torch.cat(parts) for hook, parts in out.items()}
+
+    def _run_shard(self, shard: list[int], bar: tqdm) -> dict[str, Tensor]:
+        parts: dict[str, list[Tensor]] = {hook: [] for hook in self.hook_names}
+        for i in range(0, len(shard), self.batch_size):
+            batch = shard[i : i + self.batch_size]
+            for hook, value in self._run_batch(batch).items():
+                parts[hook].append(value)
+            bar.update(len(batch))
+        return {hook: torch.cat(values) for hook, values in parts.items()}
+
+    def _run_batch(self, batch: list[int]) -> dict[str, Tensor]:
+        model = self.model
+        lengths = torch.tensor([len(self.tokens[u]) for u in batch])
+        width = int(lengths.max())
+        pad_id = model.tokenizer.pad_token_id
+        tokens = torch.full((len(batch), width), 0 if pad_id is None else pad_id)
+        starts = width - lengths if self.padding_side == "left" else torch.zeros_like(lengths)
+        for row, (u, start) in enumerate(zip(batch, starts.tolist(), strict=True)):
+            tokens[row, start : start + len(self.tokens[u])] = torch.tensor(self.tokens[u])
+        positions = torch.arange(width)[None, :]
+        mask = (positions >= starts[:, None]) & (positions < (starts + lengths)[:, None])
+        keep = mask & (positions != starts[:, None]) if self.drop_bos else mask
+        last = starts + lengths - 1
+
+        captured: dict[str, Tensor] = {}
+
+        def capture(act: Tensor, hook) -> None:
+            if act.shape[:2] != tokens.shape:
+                raise ValueError(
+                    f"Hook {hook.name} has activations of shape {tuple(act.shape)}, not "
+                    "[batch, pos, ...]; harvest a hook with one row per token instead "
+                    "(e.g. hook_z or hook_result rather than hook_pattern)."
+                )
+            act = act.reshape(*tokens.shape, -1)
+            device = act.device
+            if self.position == "last":
+                reduced = act[torch.arange(len(batch), device=device), last.to(device)]
+            elif self.position == "mean":
+                kept = keep.to(device)[..., None]
+                summed = torch.where(kept, act, 0).sum(1, dtype=torch.float32)
+                reduced = summed / kept.sum(1)
+            else:
+                reduced = act[keep.to(device)]
+            captured[hook.name] = reduced.to("cpu", torch.float32)
+
+        device = model.cfg.device
+        with model.hooks(fwd_hooks=[(hook, capture) for hook in self.hook_names]):
+            model(
+                tokens.to(device),
+                attention_mask=mask.long().to(device),
+                stop_at_layer=self.stop_at_layer,
+            )
+        return captured
+
+
+class _ShardCache:
+    """Safetensors shards and a JSON manifest in ``root/<hash of key>``, written atomically."""
+
+    def __init__(self, root: Path, key: dict[str, Any], shard_size: int):
+        self.key = key
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        self.folder = root / name
+        self.manifest_path = self.folder / "manifest.json"
+        self.shard_size = shard_size
+        manifest = self._read_manifest()
+        if manifest is not None:
+            # A resumed run keeps the shard layout it started with.
+            self.shard_size = manifest["shard_size"]
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.is_file():
+            return None
+        manifest = json.loads(self.manifest_path.read_text())
+        return manifest if manifest.get("key") == self.key else None
+
+    def completed(self) -> set[int]:
+        manifest = self._read_manifest()
+        if manifest is None:
+            return set()
+        return {k for k in manifest["completed"] if self._shard_path(k).is_file()}
+
+    def _shard_path(self, k: int) -> Path:
+        return self.folder / f"shard_{k:05d}.safetensors"
+
+    def load(self, k: int, expected_rows: int) -> dict[str, Tensor] | None:
+        """Shard ``k``, or ``None`` if it does not hold ``expected_rows`` rows for every hook."""
+        acts = load_file(self._shard_path(k))
+        if set(acts) != set(self.key["hook_names"]) or any(
+            t.shape[0] != expected_rows for t in acts.values()
+        ):
+            return None
+        return acts
+
+    def save(self, k: int, acts: dict[str, Tensor], n_shards: int) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._shard_path(k)
+        with _atomic_path(path) as tmp:
+            save_file({hook: t.contiguous() for hook, t in acts.items()}, tmp)
+        completed = self.completed() | {k}
+        manifest = {
+            "key": self.key,
+            "shard_size": self.shard_size,
+            "n_shards": n_shards,
+            "completed": sorted(completed),
+        }
+        with _atomic_path(self.manifest_path) as tmp:
+            Path(tmp).write_text(json.dumps(manifest, indent=2))
+
+
+class _atomic_path:
+    """Context manager yielding a temporary path in the target's folder, moved into place on
+    success and removed on failure."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> str:
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        os.close(fd)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:
+    if hasattr(pairs, "sources") and hasattr(pairs, "targets"):
+        sources, targets = pairs.sources, pairs.targets
+    elif isinstance(pairs, tuple) and len(pairs) == 2:
+        sources, targets = pairs
+    else:
+        raise TypeError(
+            "pairs must be a ConceptPairs (anything with .sources and .targets) or a "
+            f"(sources, targets) tuple of lists of strings, got {type(pairs).__name__}."
+        )
+    if isinstance(sources, str) or isinstance(targets, str):
+        raise TypeError("sources and targets must be lists of strings, not single strings.")
+    sources, targets = list(sources), list(targets)
+    if len(sources) != len(targets):
+        raise ValueError(
+            f"Got {len(sources)} sources but {len(targets)} targets; every source needs a target."
+        )
+    if not sources:
+        raise ValueError("No pairs to harvest: the dataset is empty.")
+    return sources, targets
+
+
+def _describe_pair_text(i: int, n_pairs: int) -> str:
+    return f"pair {i} (source)" if i < n_pairs else f"pair {i - n_pairs} (target)"
+
+
+def _as_hook_list(hook_names: str | Sequence[str]) -> list[str]:
+    names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
+    if not names:
+        raise ValueError("No hook names given; pass e.g. 'blocks.6.hook_resid_post'.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Duplicate hook names in {names}.")
+    return names
+
+
+def _check_hooks(model: HookedTransformer, hook_names: list[str]) -> None:
+    for name in hook_names:
+        if name not in model.hook_dict:
+            close = difflib.get_close_matches(name, list(model.hook_dict), n=5, cutoff=0.6)
+            hint = f" Close valid names: {close}." if close else ""
+            raise ValueError(
+                f"Unknown hook name {name!r} for this model.{hint} "
+                "All names are in model.hook_dict."
+            )
+
+
+def _stop_layer(hook_names: list[str]) -> int | None:
+    """``stop_at_layer`` that runs exactly up to the deepest hook (``None``: the whole model)."""
+    stops = []
+    for name in hook_names:
+        if match := _BLOCK_HOOK.match(name):
+            stops.append(int(match.group(1)) + 1)
+        elif name in _EMBEDDING_HOOKS:
+            stops.append(0)
+        else:
+            return None
+    return max(stops)
+
+
+def _cast(x: Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:
+    return x.to(device=device, dtype=dtype)

@@ -1,0 +1,28 @@
+"""Steering at TransformerLens hook points: vectors, applying them, and building them."""
+
+from ssae_lens.steering.apply import (
+    OPERATORS,
+    POSITION_NAMES,
+    Steering,
+    SteeringHandle,
+    apply_steering,
+    steer,
+    steer_rows,
+)
+from ssae_lens.steering.construct import caa_vector, mean_shift_vector, pca_vector
+from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
+
+__all__ = [
+    "OPERATORS",
+    "POSITION_NAMES",
+    "Steering",
+    "SteeringCompatibilityWarning",
+    "SteeringHandle",
+    "SteeringVector",
+    "apply_steering",
+    "caa_vector",
+    "mean_shift_vector",
+    "pca_vector",
+    "steer",
+    "steer_rows",
+]

@@ -1,0 +1,404 @@
+"""`SteeringVector`: a direction in one hook point's activation space, with its metadata.
+
+A steering vector lives at a TransformerLens hook point (``blocks.6.hook_resid_post``)
+and is applied there by :func:`ssae_lens.steering.steer`. It is stored on disk as a
+folder holding ``vector.safetensors`` (the direction) and ``vector.json`` (everything
+else, human readable)::
+
+    v = SteeringVector.from_sae(sae, feature_index=123)
+    v.save("vectors/feature_123")
+    v = SteeringVector.load("vectors/feature_123", model=model)
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
+VECTOR_METADATA_FILENAME = "vector.json"
+_FORMAT_VERSION = 1
+
+# Hook points whose activations are [batch, pos, ...] inside the transformer blocks, by
+# the width of their flattened trailing dimensions. Other hook points are checked when
+# the first activation arrives.
+_D_MODEL_HOOKS = (
+    "hook_resid_pre",
+    "hook_resid_mid",
+    "hook_resid_post",
+    "hook_attn_out",
+    "hook_mlp_out",
+    "hook_mlp_in",
+    "hook_normalized",
+)
+_HEADS_HOOKS = ("attn.hook_q", "attn.hook_z", "attn.hook_rot_q")
+_MLP_HOOKS = ("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")
+# Hook points that cannot be steered position by position.
+_NOT_POSITIONAL = ("hook_attn_scores", "hook_pattern")
+
+
+class SteeringCompatibilityWarning(UserWarning):
+    """A steering vector is used with a model other than the one it was made for."""
+
+
+@dataclass
+class SteeringVector:
+    """A direction ``d`` in the space of one hook point, plus where it came from.
+
+    Attributes:
+        direction: the vector, ``Float[Tensor, "d"]``.
+        hook_name: the TransformerLens hook point it belongs to.
+        model_name: the model it was made for (``model.cfg.model_name``), if known.
+        method: how it was made: ``"raw"``, ``"caa"``, ``"mean_shift"``, ``"pca"``,
+            ``"sae"``, ``"ssae"``, ``"sae-ts"``, ``"combination"``, ...
+        normalized: whether ``direction`` has unit norm.
+        default_scale: the scale used by :func:`~ssae_lens.steering.steer` when none is
+            given. The constructors in this package set it to the magnitude at which the
+            vector reproduces the shift it was estimated from (1.0 for raw differences).
+        provenance: JSON-serialisable facts about the source (dictionary path or repo,
+            feature index, number of prompts, raw norm, ...).
+        extra: free-form JSON-serialisable user metadata.
+    """
+
+    direction: Float[Tensor, " d"]
+    hook_name: str
+    model_name: str | None = None
+    method: str = "raw"
+    normalized: bool = False
+    default_scale: float = 1.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        direction = torch.as_tensor(self.direction).detach().clone()
+        if direction.ndim != 1:
+            raise ValueError(
+                f"A SteeringVector direction must be 1-D (d,), got shape "
+                f"{tuple(direction.shape)}. For one vector per batch row use "
+                "ssae_lens.steering.steer_rows."
+            )
+        if not direction.is_floating_point():
+            direction = direction.float()
+        if not torch.isfinite(direction).all():
+            raise ValueError(f"The steering direction for {self.hook_name!r} contains NaN or inf.")
+        if not isinstance(self.hook_name, str) or not self.hook_name:
+            raise ValueError(f"hook_name must be a non-empty string, got {self.hook_name!r}.")
+        self.direction = direction
+        self.default_scale = float(self.default_scale)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def d(self) -> int:
+        """Width of the hook point's (flattened) activation space."""
+        return self.direction.shape[0]
+
+    @property
+    def norm(self) -> float:
+        """Euclidean norm of the direction."""
+        return float(self.direction.norm())
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything but the direction, as a JSON-serialisable dict."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)[1:]}
+
+    def __repr__(self) -> str:
+        model = f", model_name={self.model_name!r}" if self.model_name else ""
+        return (
+            f"SteeringVector(hook_name={self.hook_name!r}, d={self.d}, norm={self.norm:.4g}, "
+            f"method={self.method!r}{model}, default_scale={self.default_scale:g})"
+        )
+
+    # ------------------------------------------------------------------ arithmetic
+    def _derived(self, direction: Tensor, **changes: Any) -> SteeringVector:
+        return replace(self, direction=direction, **changes)
+
+    def _check_same_space(self, other: SteeringVector, op: str) -> None:
+        if not isinstance(other, SteeringVector):
+            raise TypeError(f"Cannot {op} a SteeringVector and {type(other).__name__}.")
+        if other.hook_name != self.hook_name:
+            raise ValueError(
+                f"Cannot {op} vectors at different hook points ({self.hook_name!r} and "
+                f"{other.hook_name!r}): steer with both instead (steer(model, [v1, v2]))."
+            )
+        if other.d != self.d:
+            raise ValueError(f"Cannot {op} vectors of widths {self.d} and {other.d}.")
+        if self.model_name and other.model_name and self.model_name != other.model_name:
+            raise ValueError(
+                f"Cannot {op} vectors made for different models "
+                f"({self.model_name!r} and {other.model_name!r})."
+            )
+
+    def _combine(self, other: SteeringVector, sign: float, symbol: str) -> SteeringVector:
+        self._check_same_space(other, "combine")
+        other_dir = other.direction.to(self.direction)
+        return SteeringVector(
+            self.direction + sign * other_dir,
+            self.hook_name,
+            model_name=self.model_name or other.model_name,
+            method="combination",
+            provenance={"op": symbol, "operands": [self.metadata(), other.metadata()]},
+        )
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0, "+")
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0, "-")
+
+    def __mul__(self, factor: float) -> SteeringVector:
+        if not isinstance(factor, (int, float)):
+            return NotImplemented
+        return self._derived(
+            self.direction * factor, normalized=self.normalized and abs(factor) == 1
+        )
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> SteeringVector:
+        if not isinstance(divisor, (int, float)):
+            return NotImplemented
+        return self * (1.0 / divisor)
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def normalize(self) -> SteeringVector:
+        """Unit-norm copy; the previous norm is kept in ``provenance["norm_before_normalize"]``."""
+        norm = self.norm
+        if norm == 0:
+            raise ValueError("Cannot normalise a zero steering vector.")
+        provenance = {**self.provenance, "norm_before_normalize": norm}
+        return self._derived(self.direction / norm, normalized=True, provenance=provenance)
+
+    def orthogonalize(self, other: SteeringVector) -> SteeringVector:
+        """Copy without the component along ``other`` (``v - (v . u) u``, ``u`` its unit)."""
+        self._check_same_space(other, "orthogonalise")
+        unit = other.direction.to(self.direction)
+        unit = unit / unit.norm().clamp_min(torch.finfo(unit.dtype).tiny)
+        direction = self.direction - (self.direction @ unit) * unit
+        provenance = {**self.provenance, "orthogonalized_against": other.metadata()}
+        return self._derived(direction, normalized=False, provenance=provenance)
+
+    def cosine(self, other: SteeringVector) -> float:
+        """Cosine similarity with another vector at the same hook point."""
+        self._check_same_space(other, "compare")
+        return float(
+            torch.nn.functional.cosine_similarity(
+                self.direction, other.direction.to(self.direction), dim=0
+            )
+        )
+
+    def to(self, *args: Any, **kwargs: Any) -> SteeringVector:
+        """Copy with the direction moved/cast like ``Tensor.to``."""
+        return self._derived(self.direction.to(*args, **kwargs))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_sae(
+        cls, sae: Any, feature_index: int, *, hook_name: str | None = None
+    ) -> SteeringVector:
+        """Decoder row ``sae.W_dec[feature_index]`` of any SAELens ``SAE``.
+
+        The hook point and model come from ``sae.cfg.metadata`` unless ``hook_name`` is
+        given. The vector is used as stored (SAELens decoders usually have unit rows);
+        ``provenance["decoder_norm"]`` records its norm.
+        """
+        d_sae = sae.W_dec.shape[0]
+        if not -d_sae <= feature_index < d_sae:
+            raise IndexError(f"feature_index {feature_index} out of range for d_sae={d_sae}.")
+        metadata = sae.cfg.metadata
+        if metadata.hook_head_index is not None:
+            raise ValueError(
+                "This SAE reads a single attention head (hook_head_index="
+                f"{metadata.hook_head_index}); its decoder rows are not vectors of the whole "
+                "hook point. Build a SteeringVector from a full-width direction instead."
+            )
+        direction = sae.W_dec[feature_index].detach().float().cpu()
+        norm = float(direction.norm())
+        provenance: dict[str, Any] = {
+            "sae_class": type(sae).__name__,
+            "architecture": sae.cfg.architecture(),
+            "d_sae": d_sae,
+            "feature_index": int(feature_index) % d_sae,
+            "decoder_norm": norm,
+        }
+        for key in ("release", "sae_id", "repo_id", "neuronpedia_id", "path"):
+            if metadata.get(key) is not None:
+                provenance[key] = metadata.get(key)
+        return cls(
+            direction,
+            _hook_from_dictionary(sae, hook_name),
+            model_name=metadata.model_name,
+            method="sae",
+            normalized=abs(norm - 1.0) < 1e-4,
+            provenance=provenance,
+        )
+
+    @classmethod
+    def from_ssae(cls, ssae: Any, index: int, *, hook_name: str | None = None) -> SteeringVector:
+        """Unit-norm decoder column ``index`` of a Sparse Shift Autoencoder.
+
+        Uses ``ssae.steering_vector(index)`` (the direction in the model's activation
+        space); the hook point and model come from ``ssae.cfg.metadata``.
+        """
+        direction = ssae.steering_vector(index).detach().float().cpu()
+        metadata = ssae.cfg.metadata
+        provenance: dict[str, Any] = {
+            "sae_class": type(ssae).__name__,
+            "d_sae": ssae.cfg.d_sae,
+            "feature_index": int(index) % ssae.cfg.d_sae,
+        }
+        for key in ("release", "sae_id", "repo_id", "path"):
+            if metadata.get(key) is not None:
+                provenance[key] = metadata.get(key)
+        return cls(
+            direction,
+            _hook_from_dictionary(ssae, hook_name),
+            model_name=metadata.model_name,
+            method="ssae",
+            normalized=True,
+            provenance=provenance,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``vector.safetensors`` and ``vector.json`` into folder ``path`` atomically."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": _FORMAT_VERSION, "d": self.d, "norm": self.norm}
+        meta.update(self.metadata())
+        text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
+        weights = {"direction": self.direction.detach().cpu().contiguous()}
+        _atomic_write(folder / VECTOR_WEIGHTS_FILENAME, lambda tmp: save_file(weights, tmp))
+        _atomic_write(folder / VECTOR_METADATA_FILENAME, lambda tmp: Path(tmp).write_text(text))
+        return folder
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        model: Any | None = None,
+        strict: bool = False,
+        device: str | torch.device | None = None,
+    ) -> SteeringVector:
+        """Load a vector saved by :meth:`save`.
+
+        With ``model``, check that the vector fits it: a different ``model_name`` warns
+        (:class:`SteeringCompatibilityWarning`), or raises with ``strict=True``; an unknown
+        hook point or a width that does not match the hook point always raises.
+        """
+        folder = Path(path)
+        weights_path = folder / VECTOR_WEIGHTS_FILENAME
+        meta_path = folder / VECTOR_METADATA_FILENAME
+        missing = [p.name for p in (weights_path, meta_path) if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{folder} is not a saved SteeringVector: missing {', '.join(missing)}."
+            )
+        meta = json.loads(meta_path.read_text())
+        version = meta.pop("format_version", None)
+        if version != _FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path} has format_version {version!r}; this ssae-lens reads "
+                f"{_FORMAT_VERSION}. Upgrade ssae-lens or re-save the vector."
+            )
+        meta.pop("d", None)
+        meta.pop("norm", None)
+        direction = load_file(str(weights_path), device=str(device or "cpu"))["direction"]
+        vector = cls(direction, **meta)
+        if model is not None:
+            vector.check_compatible(model, strict=strict)
+        return vector
+
+    def check_compatible(self, model: Any, *, strict: bool = False) -> None:
+        """Check that this vector can steer ``model`` (see :meth:`load`)."""
+        resolve_hook_name(model, self.hook_name)
+        expected = hook_width(model, self.hook_name)
+        if expected is not None and expected != self.d:
+            raise ValueError(
+                f"Vector has width {self.d} but {self.hook_name!r} of this model has width "
+                f"{expected}: the vector was made for a different model or hook point."
+            )
+        model_name = getattr(model.cfg, "model_name", None)
+        if self.model_name and model_name and self.model_name != model_name:
+            message = (
+                f"Steering vector for {self.hook_name!r} was made for model "
+                f"{self.model_name!r} but is used with {model_name!r}. Its direction may mean "
+                "nothing in this model; rebuild it from this model's activations (or pass "
+                "strict=False to only warn)."
+            )
+            if strict:
+                raise ValueError(message)
+            warnings.warn(message, SteeringCompatibilityWarning, stacklevel=3)
+
+
+def resolve_hook_name(model: Any, hook_name: str) -> str:
+    """Check that ``hook_name`` is a steerable hook point of ``model``; return it."""
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None:
+        raise TypeError(
+            f"Steering needs a TransformerLens HookedTransformer, got {type(model).__name__}."
+        )
+    if hook_name not in hook_dict:
+        close = difflib.get_close_matches(hook_name, list(hook_dict), n=5, cutoff=0.6)
+        hint = f" Did you mean one of {close}?" if close else " See model.hook_dict for names."
+        raise ValueError(f"Unknown hook point {hook_name!r} for this model.{hint}")
+    if not hook_name.startswith(("blocks.", "ln_final.")):
+        raise ValueError(
+            f"Cannot steer at {hook_name!r}: generate() embeds tokens outside the forward "
+            "pass, so steering there would skip decode steps. Use 'blocks.0.hook_resid_pre', "
+            "which is the same activation as the embedding output."
+        )
+    if hook_name.endswith(_NOT_POSITIONAL):
+        raise ValueError(
+            f"Cannot steer at {hook_name!r}: its activations are [batch, head, query, key], "
+            "not [batch, pos, ...]. Steer at 'attn.hook_z' or a residual hook point."
+        )
+    return hook_name
+
+
+def hook_width(model: Any, hook_name: str) -> int | None:
+    """Width of the flattened activation at ``hook_name`` from ``model.cfg``, if known."""
+    cfg = model.cfg
+    if hook_name.endswith(_D_MODEL_HOOKS):
+        return cfg.d_model
+    if hook_name.endswith(_HEADS_HOOKS):
+        return cfg.n_heads * cfg.d_head
+    if hook_name.endswith(_MLP_HOOKS):
+        return cfg.d_mlp
+    return None
+
+
+def _hook_from_dictionary(sae: Any, hook_name: str | None) -> str:
+    hook_name = hook_name or sae.cfg.metadata.hook_name
+    if not hook_name:
+        raise ValueError(
+            f"{type(sae).__name__}.cfg.metadata.hook_name is not set: pass hook_name=... "
+            "(the hook point the dictionary was trained on)."
+        )
+    return hook_name
+
+
+def _atomic_write(target: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``target``, then rename."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

