@@ -77,7 +77,9 @@ def main() -> None:
     for name, value in med.items():
         print(f"{name:>9}: {value * 1e3:8.1f} ms/step (median)")
     ratio = med["ssae"] / med["standard"]
-    print(f"ratio ssae/standard: {ratio:.2f}  (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})")
+    print(
+        f"ratio ssae/standard: {ratio:.2f}  (target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,3 +26,32 @@ __all__ = [
     "steer",
     "steer_rows",
 ]
+
+from ssae_lens.steering.diagnostics import (
+    DecompositionReport,
+    DecompositionWarning,
+    DiagnosticThresholds,
+    diagnose_decomposition,
+)
+from ssae_lens.steering.evaluation import SteeringEvaluation, evaluate_steering
+from ssae_lens.steering.scorers import (
+    KeywordScorer,
+    LikelihoodCoherenceScorer,
+    LLMJudgeScorer,
+    ProbeScorer,
+    Scorer,
+)
+
+__all__ += [
+    "DecompositionReport",
+    "DecompositionWarning",
+    "DiagnosticThresholds",
+    "KeywordScorer",
+    "LLMJudgeScorer",
+    "LikelihoodCoherenceScorer",
+    "ProbeScorer",
+    "Scorer",
+    "SteeringEvaluation",
+    "diagnose_decomposition",
+    "evaluate_steering",
+]
