@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +45,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+
+from ssae_lens._io import atomic_path, write_json_atomic
 
 __all__ = [
     "PairedActivationStore",
@@ -514,7 +515,7 @@ class _ShardCache:
     def save(self, k: int, acts: dict[str, Tensor], n_shards: int) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self._shard_path(k)
-        with _atomic_path(path) as tmp:
+        with atomic_path(path, suffix=".safetensors") as tmp:
             save_file({hook: t.contiguous() for hook, t in acts.items()}, tmp)
         completed = self.completed() | {k}
         manifest = {
@@ -523,27 +524,7 @@ class _ShardCache:
             "n_shards": n_shards,
             "completed": sorted(completed),
         }
-        with _atomic_path(self.manifest_path) as tmp:
-            Path(tmp).write_text(json.dumps(manifest, indent=2))
-
-
-class _atomic_path:
-    """Context manager yielding a temporary path in the target's folder, moved into place on
-    success and removed on failure."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self) -> str:
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        os.close(fd)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        write_json_atomic(self.manifest_path, manifest)
 
 
 def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:

@@ -28,6 +28,7 @@ import torch
 from sae_lens import SAE
 from torch import Tensor
 
+from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.metrics import (
     concept_directions,
@@ -120,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", cfg.to_dict())
+    write_json_atomic(out / "config.json", cfg.to_dict())
 
     model = load_model(cfg.model)
     pairs = load_pairs(cfg.dataset)
@@ -227,7 +228,7 @@ def run_demo(cfg: DemoConfig) -> Path:
         len(test_pairs),
     )
     path = out / "report.md"
-    _write_text(path, report)
+    write_text_atomic(path, report)
     print(report)
     print(f"\nReport: {path}\nDictionary (SAELens format): {dict_dir}\nPlot: {plot_path}")
     return path
@@ -323,21 +324,9 @@ def _plot(results: dict[str, MethodResult], path: Path) -> Path:
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", rotation=20)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,6 @@ import math
 import operator
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from ssae_lens._io import write_text_atomic
 
 LabelValue = int | float | tuple[str, str]
 PairLabels = dict[str, LabelValue]
@@ -157,20 +158,6 @@ def _changed(value: LabelValue | None) -> bool:
     if isinstance(value, tuple):
         return value[0] != value[1]
     return value != 0
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _missing_columns_error(
@@ -673,7 +660,7 @@ class ConceptPairs:
                     c: list(v) if isinstance(v, tuple) else v for c, v in self.labels[i].items()
                 }
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-        _atomic_write_text(path, "".join(lines))
+        write_text_atomic(path, "".join(lines))
         return path
 
 

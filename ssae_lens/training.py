@@ -11,7 +11,6 @@ one), and a progress bar that shows the multiplier and constraint violation.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssae_lens._io import write_json_atomic, write_text_atomic
 from ssae_lens.ssae import SSAE, TrainingSSAE, TrainingSSAEConfig
 
 DATA_STATE_FILENAME = "data_provider_state.json"
@@ -156,10 +156,10 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
     def save_trainer_state(self, checkpoint_path: Path) -> None:
         super().save_trainer_state(checkpoint_path)
         if isinstance(self.data_provider, ShuffledBatches):
-            _write_json_atomic(
+            write_json_atomic(
                 checkpoint_path / DATA_STATE_FILENAME, self.data_provider.state_dict()
             )
-        _write_text_atomic(
+        write_text_atomic(
             checkpoint_path / HISTORY_FILENAME,
             "".join(json.dumps(r.__dict__) + "\n" for r in self.history),
         )
@@ -299,16 +299,6 @@ def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
     trainer.checkpoint_thresholds = [
         t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples
     ]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    _write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 __all__ = ["SSAETrainer", "ShuffledBatches", "TrainingRecord", "check_shifts", "train_ssae"]

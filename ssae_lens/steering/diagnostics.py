@@ -49,6 +49,7 @@ __all__ = [
     "diagnose_decomposition",
     "signed_pre_activations",
 ]
+from ssae_lens._io import save_figure
 
 
 class DecompositionWarning(UserWarning):
@@ -318,22 +319,6 @@ class DecompositionReport:
     def plot(self, path: str | os.PathLike) -> Path:
         """Save ``figure()`` to ``path`` (format from the suffix, e.g. ``.png``); returns it."""
         return save_figure(self.figure(), path)
-
-
-def save_figure(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write a matplotlib figure atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if not fmt:
-        raise ValueError(f"Cannot tell the image format of {str(path)!r}: add a suffix, e.g. .png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fig.savefig(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def signed_pre_activations(sae: SAE, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:

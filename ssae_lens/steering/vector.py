@@ -16,7 +16,6 @@ import copy
 import difflib
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from ssae_lens._io import atomic_path, write_text_atomic
 
 VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
 VECTOR_METADATA_FILENAME = "vector.json"
@@ -281,8 +282,9 @@ class SteeringVector:
         meta.update(self.metadata())
         text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
         weights = {"direction": self.direction.detach().cpu().contiguous()}
-        _atomic_write(folder / VECTOR_WEIGHTS_FILENAME, lambda tmp: save_file(weights, tmp))
-        _atomic_write(folder / VECTOR_METADATA_FILENAME, lambda tmp: Path(tmp).write_text(text))
+        with atomic_path(folder / VECTOR_WEIGHTS_FILENAME, suffix=".safetensors") as tmp:
+            save_file(weights, tmp)
+        write_text_atomic(folder / VECTOR_METADATA_FILENAME, text)
         return folder
 
     @classmethod
@@ -390,15 +392,3 @@ def _hook_from_dictionary(sae: Any, hook_name: str | None) -> str:
             "(the hook point the dictionary was trained on)."
         )
     return hook_name
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``target``, then rename."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
