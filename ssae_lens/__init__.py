@@ -15,7 +15,10 @@ from ssae_lens.activations import (
     model_fingerprint,
 )
 from ssae_lens.builtin_pairs import attribute_texts
+from ssae_lens.config import ConfigError, ExperimentConfig, load_config
 from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
+from ssae_lens.publish import publish
+from ssae_lens.sae_ts import EffectModel, measure_effects, sae_ts_vector
 from ssae_lens.ssae import SSAE, SSAEConfig, TrainingSSAE, TrainingSSAEConfig
 from ssae_lens.steering import SteeringVector, caa_vector, steer, steer_rows
 from ssae_lens.training import SSAETrainer, train_ssae
@@ -25,7 +28,10 @@ __version__ = "0.1.0"
 __all__ = [
     "SSAE",
     "ConceptPairs",
+    "ConfigError",
     "DuplicatePairsWarning",
+    "EffectModel",
+    "ExperimentConfig",
     "PairedActivationStore",
     "SSAEConfig",
     "SSAETrainer",
@@ -37,9 +43,13 @@ __all__ = [
     "harvest_activations",
     "harvest_shifts",
     "list_pairs",
+    "load_config",
     "load_pairs",
     "model_fingerprint",
+    "measure_effects",
     "models",
+    "publish",
+    "sae_ts_vector",
     "steer",
     "steer_rows",
     "train_ssae",

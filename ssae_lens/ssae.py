@@ -280,7 +280,10 @@ class _SSAECore:
         self, x: Float[Tensor, "... d_in"]
     ) -> tuple[Float[Tensor, "... d_sae"], Float[Tensor, "... d_sae"]]:
         """Return ``(codes, pre-codes)``: pre-codes before code normalisation / TopK."""
-        sae_in = self.process_sae_in(x)
+        return self._codes_of_normalized(self.process_sae_in(x))
+
+    def _codes_of_normalized(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
+        # sae_in: normalised shifts minus b_dec.
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
         codes = hidden_pre
         if self.cfg.code_normalization == "layer_norm":
@@ -393,8 +396,8 @@ class TrainingSSAE(_SSAECore, TrainingSAE[TrainingSSAEConfig]):
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12))
             self.lagrange_multiplier.clamp_(min=0)
         x = step_input.sae_in
-        codes, hidden_pre = self.encode_with_hidden_pre(x)
         x_n = self.run_time_activation_norm_fn_in(x.to(self.dtype))
+        codes, hidden_pre = self._codes_of_normalized(x_n - self.b_dec)
         recon_n = self.decode_normalized(codes)
         sq_err = (recon_n - x_n).pow(2).sum(-1)
         if self.cfg.reconstruction_loss == "relative":

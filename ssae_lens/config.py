@@ -1,0 +1,330 @@
+"""YAML configs for the ``ssae-lens`` command line, loaded into dataclasses with validation.
+
+A config is a YAML mapping whose keys are the fields of a dataclass (:class:`ExperimentConfig`
+for ``harvest`` / ``train`` / ``evaluate`` / ``steer`` / ``diagnose`` / ``publish``,
+:class:`~ssae_lens.demo.DemoConfig` for ``demo``). Nested sections (``harvest:``, ``train:``,
+``steer:``, ...) are nested dataclasses; ``train:`` holds
+:class:`~ssae_lens.ssae.TrainingSSAEConfig` fields (``d_in`` is read from the shifts).
+
+    cfg = load_config("configs/binary.yaml", ExperimentConfig, ["train.d_sae=3", "seeds=[0,1]"])
+
+An unknown or misspelt key is a :class:`ConfigError` that names the closest valid key; values
+from YAML and from ``key=value`` overrides are coerced to the field's type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from ssae_lens._io import write_text_atomic
+from ssae_lens.ssae import TrainingSSAEConfig
+
+__all__ = [
+    "ConfigError",
+    "DiagnoseSection",
+    "ExperimentConfig",
+    "HarvestSection",
+    "PublishSection",
+    "SteerSection",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+T = TypeVar("T")
+
+# TrainingSSAEConfig fields a config may not set: d_in comes from the data, metadata is filled
+# in from the experiment (model, hook, dataset) when the SSAE is saved.
+_DERIVED_TRAIN_FIELDS = ("d_in", "metadata")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit its dataclass (one-line message)."""
+
+
+@dataclass
+class HarvestSection:
+    """How shifts are harvested: batching, the train/test split and the activation cache."""
+
+    batch_size: int = 32
+    test_fraction: float = 0.25
+    split_seed: int = 0
+    use_cache: bool = True
+
+
+@dataclass
+class SteerSection:
+    """What ``ssae-lens steer`` generates: latent, scale and prompts."""
+
+    latent: int = 0
+    scale: float | None = None  # None: the vector's default_scale
+    positions: Literal["all", "prompt", "generated"] = "all"
+    prompts: list[str] = field(
+        default_factory=lambda: ["He is my brother and he", "The king said that"]
+    )
+    max_new_tokens: int = 10
+
+
+@dataclass
+class DiagnoseSection:
+    """Options of ``diagnose_decomposition``."""
+
+    scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
+    top_k: int = 10
+
+
+@dataclass
+class PublishSection:
+    """Where ``ssae-lens publish`` puts the dictionary on the Hugging Face Hub."""
+
+    repo_id: str | None = None
+    sae_id: str | None = None
+    dry_run: bool = False
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: a model, a hook point, a pairs dataset and what to do with them.
+
+    ``dataset`` is a built-in name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
+    pairs file, or ``"synthetic"`` (shifts from :func:`ssae_lens.synthetic.make_synthetic_shifts`
+    with the ``synthetic:`` options; no model is run).
+    """
+
+    model: str = "gemma-3-270m"
+    dataset: str = "binary"
+    hook_name: str = "blocks.12.hook_resid_post"
+    position: Literal["last", "mean"] = "last"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out_dir: str = "runs/experiment"
+    harvest: HarvestSection = field(default_factory=HarvestSection)
+    train: dict[str, Any] = field(default_factory=lambda: {"d_sae": 2})
+    steer: SteerSection = field(default_factory=SteerSection)
+    diagnose: DiagnoseSection = field(default_factory=DiagnoseSection)
+    publish: PublishSection = field(default_factory=PublishSection)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.train = _coerce_mapping(self.train, TrainingSSAEConfig, "train", _DERIVED_TRAIN_FIELDS)
+        if "d_sae" not in self.train:
+            raise ConfigError("train.d_sae is required: the number of SSAE code units.")
+        self.training_config(d_in=1)  # validates the values (choices, ranges) now
+        if self.dataset == "synthetic":
+            from ssae_lens.synthetic import make_synthetic_shifts
+
+            self.synthetic = _coerce_function_kwargs(
+                self.synthetic, make_synthetic_shifts, "synthetic"
+            )
+        elif not self.dataset.endswith((".jsonl", ".csv")):
+            from ssae_lens.pairs import list_pairs
+
+            names = [*list_pairs(), "synthetic"]
+            if self.dataset not in names:
+                raise ConfigError(
+                    f"unknown dataset {self.dataset!r}{_hint(self.dataset, names)}; use one of "
+                    f"{', '.join(names)}, or a .jsonl / .csv pairs file."
+                )
+        if not self.seeds:
+            raise ConfigError("seeds is empty: give at least one seed, e.g. seeds=[0].")
+
+    def training_config(self, d_in: int) -> TrainingSSAEConfig:
+        """The ``train:`` section as a :class:`TrainingSSAEConfig` for shifts of width ``d_in``."""
+        try:
+            return TrainingSSAEConfig(d_in=d_in, **self.train)
+        except ValueError as e:
+            raise ConfigError(f"train: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
+        return config_from_dict(cls, data)
+
+
+def _hint(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config dataclass as plain YAML/JSON-serialisable data."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and coercing values to field types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}.")
+    kwargs = _coerce_mapping(data, cls, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+
+
+def _coerce_mapping(
+    data: Any, cls: type, where: str, excluded: typing.Sequence[str] = ()
+) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
+    hints = {k: v for k, v in _hints(cls).items() if k not in excluded}
+    valid = [f.name for f in dataclasses.fields(cls) if f.name in hints]
+    out = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in valid:
+            prefix = f"{where}." if where else ""
+            close = [prefix + k for k in difflib.get_close_matches(str(key), valid, n=1)]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint}.")
+        out[key] = _coerce(value, hints[key], path)
+    return out
+
+
+def _coerce_function_kwargs(data: Any, fn: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
+    hints = typing.get_type_hints(fn)
+    valid = [k for k in hints if k != "return"]
+    out = {}
+    for key, value in data.items():
+        if key not in valid:
+            raise ConfigError(f"unknown config key '{where}.{key}'{_hint(str(key), valid)}.")
+        out[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return out
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """``value`` as type ``hint``; strings (from ``--set``) are parsed as YAML scalars first."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        is_null = value is None or (
+            isinstance(value, str) and value.lower() in ("null", "none", "~")
+        )
+        if is_null and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: no type fits {value!r}.")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise ConfigError(
+            f"{path} must be one of {list(args)}, got {value!r}{_hint(str(value), map(str, args))}."
+        )
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, _parsed(value), path)
+    if origin in (list, tuple) or hint in (list, tuple):
+        value = _parsed(value)
+        if isinstance(value, str | int | float):
+            value = [v.strip() for v in value.split(",")] if isinstance(value, str) else [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path} must be a list, got {value!r}.")
+        item = args[0] if args else Any
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        value = _parsed(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}.")
+        return dict(value)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path} must be a string, got {value!r}.")
+    if hint is bool:
+        value = _parsed(value)
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}.")
+    if hint in (int, float):
+        parsed = _parsed(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads "3e-3" as a string
+            with contextlib.suppress(ValueError):
+                parsed = float(parsed)
+        if isinstance(parsed, bool) or not isinstance(parsed, int | float):
+            raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}.")
+        if hint is int and not float(parsed).is_integer():
+            raise ConfigError(f"{path} must be an integer, got {value!r}.")
+        return hint(parsed)
+    return value
+
+
+def _parsed(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys for sections: ``train.d_sae=4``) to raw data.
+
+    Values stay strings here; :func:`config_from_dict` coerces them to the field types.
+    """
+    data = dict(data)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r} (e.g. --set train.d_sae=4).")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[leaf] = value
+    return data
+
+
+def load_config(
+    path: str | os.PathLike | None, cls: type[T], overrides: typing.Sequence[str] = ()
+) -> T:
+    """Load a YAML config file (or only defaults, if ``path`` is None) into dataclass ``cls``."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            at = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(
+                f"{path} is not valid YAML{at}: {getattr(e, 'problem', e)}."
+            ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping of config keys.")
+    return config_from_dict(cls, apply_overrides(data, overrides))
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write a config dataclass as YAML, atomically."""
+    return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
