@@ -59,7 +59,8 @@ def make_synthetic_shifts(
     Args:
         n_pairs: number of shifts.
         n_concepts: number of concepts ``n``; ``d >= n`` keeps ``A`` injective.
-        max_changes: each pair changes ``1..max_changes`` concepts.
+        max_changes: each pair changes ``1..max_changes`` concepts before correlated
+            partners join (each correlated pair can add one more).
         d: width of the shifts.
         values: distribution of a change: ``binary`` (+-1), ``uniform`` (sign times
             U(0.5, 1.5)) or ``normal``.
