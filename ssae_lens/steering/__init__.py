@@ -1,4 +1,5 @@
-"""Steering at TransformerLens hook points: vectors, applying them, and building them."""
+"""Steering at TransformerLens hook points: vectors, applying them, building them,
+reading them through an SAE, and evaluating them."""
 
 from ssae_lens.steering.apply import (
     OPERATORS,
@@ -10,23 +11,6 @@ from ssae_lens.steering.apply import (
     steer_rows,
 )
 from ssae_lens.steering.construct import caa_vector, mean_shift_vector, pca_vector
-from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
-
-__all__ = [
-    "OPERATORS",
-    "POSITION_NAMES",
-    "Steering",
-    "SteeringCompatibilityWarning",
-    "SteeringHandle",
-    "SteeringVector",
-    "apply_steering",
-    "caa_vector",
-    "mean_shift_vector",
-    "pca_vector",
-    "steer",
-    "steer_rows",
-]
-
 from ssae_lens.steering.diagnostics import (
     DecompositionReport,
     DecompositionWarning,
@@ -34,6 +18,7 @@ from ssae_lens.steering.diagnostics import (
     diagnose_decomposition,
 )
 from ssae_lens.steering.evaluation import SteeringEvaluation, evaluate_steering
+from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
 from ssae_lens.steering.scorers import (
     KeywordScorer,
     LikelihoodCoherenceScorer,
@@ -41,8 +26,11 @@ from ssae_lens.steering.scorers import (
     ProbeScorer,
     Scorer,
 )
+from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
 
-__all__ += [
+__all__ = [
+    "OPERATORS",
+    "POSITION_NAMES",
     "DecompositionReport",
     "DecompositionWarning",
     "DiagnosticThresholds",
@@ -50,8 +38,21 @@ __all__ += [
     "LLMJudgeScorer",
     "LikelihoodCoherenceScorer",
     "ProbeScorer",
+    "QueryPrototypes",
     "Scorer",
+    "Steering",
+    "SteeringCompatibilityWarning",
     "SteeringEvaluation",
+    "SteeringHandle",
+    "SteeringVector",
+    "apply_steering",
+    "caa_vector",
     "diagnose_decomposition",
     "evaluate_steering",
+    "mean_shift_vector",
+    "move_codes",
+    "pca_vector",
+    "steer",
+    "steer_queries",
+    "steer_rows",
 ]

@@ -1,0 +1,105 @@
+"""Prototype steering of attention-query codes on the tiny model."""
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from ssae_lens.activations import harvest_activations
+from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
+
+HOOK = "blocks.1.attn.hook_q"
+FORMAL = [
+    "Could you kindly let me know whether the meeting is confirmed?",
+    "The king wrote a letter.",
+]
+CASUAL = ["hey, is the meeting still on or what?", "the cat sat on the mat"]
+
+
+@pytest.fixture(scope="module")
+def query_sae(tiny_model):
+    torch.manual_seed(0)
+    d_in = tiny_model.cfg.n_heads * tiny_model.cfg.d_head
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=64, metadata=SAEMetadata(hook_name=HOOK)))
+    with torch.no_grad():
+        sae.W_enc.normal_(std=0.3)
+        sae.W_dec.copy_(sae.W_enc.T)
+        sae.b_enc.fill_(0.05)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def protos(tiny_model, query_sae):
+    return QueryPrototypes.fit(tiny_model, query_sae, {"formal": FORMAL, "casual": CASUAL})
+
+
+def test_prototypes_are_the_mean_code_of_each_class(tiny_model, query_sae, protos):
+    q = harvest_activations(tiny_model, FORMAL, HOOK, position="all", progress=False)
+    torch.testing.assert_close(protos.prototypes[0], query_sae.encode(q).mean(0))
+    assert protos.classes == ["formal", "casual"] and protos.hook_name == HOOK
+
+
+def test_distance_steps_interpolate_toward_the_prototype():
+    codes, protos = torch.rand(5, 8), torch.rand(2, 8)
+    moved = move_codes(codes, protos, 1, steps=3, step_size=0.5, loss="distance")
+    expected = 0.5**3 * codes + (1 - 0.5**3) * protos[1]
+    torch.testing.assert_close(moved, expected)
+
+
+def test_prototype_step_is_a_gradient_step_on_the_classifier_loss():
+    torch.manual_seed(2)
+    protos, codes = torch.rand(3, 5), torch.rand(4, 5, requires_grad=True)
+    temp = torch.cdist(protos, protos).pow(2).sum() / 6
+    sq = (codes.unsqueeze(-2) - protos).pow(2).sum(-1)
+    loss = -torch.log_softmax(-sq / temp, dim=-1)[:, 1].sum()
+    (grad,) = torch.autograd.grad(loss, codes)
+    moved = move_codes(codes.detach(), protos, 1, steps=1, step_size=0.1, nonnegative=False)
+    torch.testing.assert_close(moved, codes.detach() - 0.1 * temp * grad)
+
+
+def test_prototype_loss_raises_the_target_class_probability():
+    torch.manual_seed(1)
+    protos = torch.rand(3, 6) * 2
+    codes = protos[0] + 0.1 * torch.rand(4, 6)
+
+    def p_target(c):
+        sq = (c.unsqueeze(-2) - protos).pow(2).sum(-1)
+        temp = torch.cdist(protos, protos).pow(2).sum() / 6
+        return torch.softmax(-sq / temp, dim=-1)[:, 2]
+
+    before = p_target(codes)
+    moved = move_codes(codes, protos, 2, steps=5, step_size=0.3)
+    assert (p_target(moved) > before).all()
+    assert (moved >= 0).all()
+
+
+def test_zero_steps_change_nothing_and_hooks_are_removed(tiny_model, query_sae, protos):
+    tokens = tiny_model.to_tokens(["the cat sat"])
+    plain = tiny_model(tokens)
+    with steer_queries(tiny_model, query_sae, protos, "formal", steps=0):
+        same = tiny_model(tokens)
+    torch.testing.assert_close(same, plain)
+    assert not tiny_model.hook_dict[HOOK]._forward_hooks
+
+
+def test_steering_changes_output_identically_with_and_without_cache(tiny_model, query_sae, protos):
+    tokens = tiny_model.to_tokens(["hey, is the"])
+    plain = tiny_model(tokens)
+    with steer_queries(tiny_model, query_sae, protos, "formal", steps=5, step_size=0.5):
+        steered = tiny_model(tokens)
+        kw = dict(max_new_tokens=6, do_sample=False, verbose=False, return_type="tokens")
+        cached = tiny_model.generate(tokens, use_past_kv_cache=True, **kw)
+        uncached = tiny_model.generate(tokens, use_past_kv_cache=False, **kw)
+    assert not torch.allclose(steered, plain)
+    assert torch.equal(cached, uncached)
+
+
+def test_bad_inputs_are_named(tiny_model, query_sae, protos):
+    with pytest.raises(ValueError, match="Unknown class"):
+        protos.index("pirate")
+    with pytest.raises(ValueError, match="attn.hook_q"):
+        QueryPrototypes.fit(
+            tiny_model, query_sae, {"a": FORMAL, "b": CASUAL}, hook_name="blocks.1.hook_resid_post"
+        )
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        QueryPrototypes.fit(tiny_model, query_sae, {"a": FORMAL})
