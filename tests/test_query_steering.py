@@ -103,3 +103,23 @@ def test_bad_inputs_are_named(tiny_model, query_sae, protos):
         )
     with pytest.raises(ValueError, match="at least 2 classes"):
         QueryPrototypes.fit(tiny_model, query_sae, {"a": FORMAL})
+
+
+def test_the_evaluation_harness_sweeps_query_steering(tiny_model, query_sae, protos):
+    from ssae_lens.steering import KeywordScorer, evaluate_steering
+
+    result = evaluate_steering(
+        tiny_model,
+        lambda steps: steer_queries(tiny_model, query_sae, protos, "formal", steps=int(steps)),
+        prompts=["the cat"],
+        scales=[0, 3],
+        behavior_scorer=KeywordScorer(["king"]),
+        max_new_tokens=4,
+    )
+    assert [r.scale for r in result.results] == [0.0, 3.0]
+    tokens = tiny_model.to_tokens("the cat")
+    out = tiny_model.generate(tokens, max_new_tokens=4, do_sample=False, verbose=False)
+    expected = tiny_model.tokenizer.decode(out[0, tokens.shape[1] :], skip_special_tokens=True)
+    baseline = [s for s in result.samples if s.scale == 0.0][0]
+    assert baseline.text == expected
+    assert not tiny_model.hook_dict[HOOK]._forward_hooks

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,7 +195,9 @@ class SteeringEvaluation:
 
 def evaluate_steering(
     model: HookedTransformer,
-    vector: SteeringVector | Sequence[SteeringVector],
+    vector: SteeringVector
+    | Sequence[SteeringVector]
+    | Callable[[float], contextlib.AbstractContextManager],
     *,
     prompts: Sequence[str],
     scales: Sequence[float],
@@ -223,7 +225,9 @@ def evaluate_steering(
 
     Args:
         model: the model to steer.
-        vector: a ``SteeringVector`` or a list of them (all scaled by the same ``a``).
+        vector: a ``SteeringVector`` or a list of them (all scaled by the same ``a``), or any
+            intervention as a function ``a -> context manager`` (e.g. query steering with
+            ``a`` steps); ``positions`` then applies only to vectors.
         prompts: neutral prompts to continue.
         scales: the scales to sweep.
         behavior_scorer: scores whether a continuation shows the target behaviour.
@@ -242,9 +246,19 @@ def evaluate_steering(
     """
     prompts = _check_prompts(prompts)
     scales = _check_scales(scales)
-    vectors = [vector] if isinstance(vector, SteeringVector) else list(vector)
-    if not vectors or not all(isinstance(v, SteeringVector) for v in vectors):
-        raise TypeError("vector must be a SteeringVector or a non-empty list of them.")
+    if callable(vector):
+        intervene, vectors = vector, []
+    else:
+        vectors = [vector] if isinstance(vector, SteeringVector) else list(vector)
+        if not vectors or not all(isinstance(v, SteeringVector) for v in vectors):
+            raise TypeError(
+                "vector must be a SteeringVector, a non-empty list of them, or a function "
+                "scale -> context manager."
+            )
+
+        def intervene(scale: float) -> contextlib.AbstractContextManager:
+            return steer(model, vectors, scale=scale, positions=positions)
+
     if positions not in POSITION_NAMES:
         raise ValueError(
             f"positions must be one of {POSITION_NAMES} in a sweep over several prompts, got "
@@ -271,11 +285,7 @@ def evaluate_steering(
     texts: dict[tuple[float, int, int], str] = {}
     jobs = [(a, c) for a in scales for c in range(len(chunks))]
     for scale, c in tqdm(jobs, desc="steering sweep", disable=None):
-        hooks = (
-            contextlib.nullcontext()
-            if scale == 0.0
-            else steer(model, vectors, scale=scale, positions=positions)
-        )
+        hooks = contextlib.nullcontext() if scale == 0.0 else intervene(scale)
         with hooks:
             outs = _generate(model, [prompts[i] for i, _ in chunks[c]], seed + c, generate)
         for (i, j), text in zip(chunks[c], outs, strict=True):
