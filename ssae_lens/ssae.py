@@ -346,9 +346,6 @@ class SSAE(_SSAECore, SAE[SSAEConfig]):
     once ``ssae_lens`` is imported; train with :func:`ssae_lens.train_ssae`.
     """
 
-    def __init__(self, cfg: SSAEConfig, use_error_term: bool = False):
-        super().__init__(cfg, use_error_term)
-
 
 class TrainingSSAE(_SSAECore, TrainingSAE[TrainingSSAEConfig]):
     """Training SSAE: adds the Lagrange multiplier and the SSAE objective.
