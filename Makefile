@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Default suite (unit tests on tiny models) followed by the real-model tests.
+# Default suite (unit tests on tiny models), then the real-model tests, then the
+# tutorials executed top to bottom (nbmake).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q --nbmake tutorials
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -30,8 +32,8 @@ test-fast: $(STAMP)
 test-all: test
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ssae_lens tests benchmarks
-	$(VENV)/bin/ruff format --check ssae_lens tests benchmarks
+	$(VENV)/bin/ruff check ssae_lens tests benchmarks tutorials
+	$(VENV)/bin/ruff format --check ssae_lens tests benchmarks tutorials
 
 bench: $(STAMP)
 	$(PY) benchmarks/identifiability.py
