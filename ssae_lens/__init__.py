@@ -16,6 +16,7 @@ from ssae_lens.activations import (
 )
 from ssae_lens.builtin_pairs import attribute_texts
 from ssae_lens.config import ConfigError, ExperimentConfig, load_config
+from ssae_lens.dictionary import reference_corpus, train_reference_sae
 from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
 from ssae_lens.publish import publish
 from ssae_lens.sae_ts import EffectModel, measure_effects, sae_ts_vector
@@ -49,8 +50,10 @@ __all__ = [
     "measure_effects",
     "models",
     "publish",
+    "reference_corpus",
     "sae_ts_vector",
     "steer",
     "steer_rows",
+    "train_reference_sae",
     "train_ssae",
 ]

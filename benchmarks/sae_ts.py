@@ -1,0 +1,395 @@
+"""SAE-TS vs CAA vs SAE decoder-row steering on Gemma-3-270M, with a reference SAELens SAE.
+
+Steps (CPU-sized; every size is a flag and is written into the report):
+
+1. The reference SAE: :func:`ssae_lens.dictionary.train_reference_sae` at
+   ``blocks.6.hook_resid_post`` (trained once, then loaded from the cache).
+2. One steering scale for all unit directions: the median of :func:`calibrate_scales`
+   (LM loss on reference sentences up by 0.5 nats) over a few random and decoder-row
+   directions; calibrating each of hundreds of directions costs more than the rest together.
+3. Effects (:func:`measure_effects`) of the training directions: decoder rows of the task
+   features and of random features, plus random Gaussian directions; the
+   :class:`EffectModel` is fitted by ridge with a 20 % held-out split (R^2 reported).
+4. Five steering tasks (sentiment, formality, tense, voice from ``attribute_texts``, and
+   French). Each task's target is the SAE feature whose mean activation differs most (in
+   pooled-std units) between the task's positive and negative texts. Vectors: CAA (mean
+   last-token difference, normalised), the target's decoder row, and SAE-TS for the target.
+   ``evaluate_steering`` sweeps scales (multiples of the calibrated scale) from neutral
+   prompts; behaviour is a ``ProbeScorer`` fitted on held-out labelled texts at
+   ``blocks.9.hook_resid_post`` (a ``KeywordScorer`` of French words for French); coherence is
+   ``LikelihoodCoherenceScorer``. The metric is the max over scales of behaviour x coherence.
+5. Side effects: for >= 20 features (task targets + fitted features), the effects of the
+   decoder row and of the SAE-TS vector are measured on held-out rollouts (other prompts,
+   other seed) and compared by ``side_effect_ratio`` (mean |non-target change| per unit
+   target change; lower is better).
+
+    python benchmarks/sae_ts.py [--quick] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ssae_lens._io import save_figure, write_text_atomic
+from ssae_lens.activations import harvest_activations
+from ssae_lens.builtin_pairs import attribute_texts, language_pairs
+from ssae_lens.dictionary import train_reference_sae
+from ssae_lens.models import cache_root, load_model
+from ssae_lens.sae_ts import (
+    EffectModel,
+    calibrate_scales,
+    decoder_row_vector,
+    measure_effects,
+    sae_ts_vector,
+    side_effect_ratio,
+)
+from ssae_lens.steering import (
+    KeywordScorer,
+    LikelihoodCoherenceScorer,
+    ProbeScorer,
+    caa_vector,
+    evaluate_steering,
+)
+
+HOOK = "blocks.6.hook_resid_post"
+PROBE_HOOK = "blocks.9.hook_resid_post"
+EFFECT_PROMPTS = ["I think that", "The story begins"]
+HELD_OUT_PROMPTS = ["Last week,", "In my opinion"]
+EVAL_PROMPTS = ["I think that", "My friend told me"]
+FRENCH_FUNCTION_WORDS = [
+    "le", "la", "les", "un", "une", "des", "et", "est", "je", "il", "elle", "nous", "vous",
+    "dans", "pour", "avec", "sur", "pas", "qui", "que", "du", "au", "ce", "mais", "très",
+]  # fmt: skip
+METHODS = ("CAA", "SAE", "SAE-TS")
+
+
+def task_texts(task: str, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """``(negative, positive)`` texts of a task."""
+    if task == "french":
+        words = language_pairs()
+        return list(words.sources)[:n], list(words.targets)[:n]
+    return attribute_texts(task, n=n, seed=seed)
+
+
+def target_feature(sae, model, negative: list[str], positive: list[str]) -> tuple[int, float]:
+    """The feature whose mean activation separates positive from negative texts the most."""
+    with torch.no_grad():
+        neg = sae.encode(harvest_activations(model, negative, HOOK, position="all"))
+        pos = sae.encode(harvest_activations(model, positive, HOOK, position="all"))
+    pooled = torch.cat([neg, pos]).std(0).clamp_min(1e-6)
+    separation = (pos.mean(0) - neg.mean(0)) / pooled
+    best = int(separation.argmax())
+    return best, float(separation[best])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--d-sae", type=int, default=2048)
+    parser.add_argument("--sae-tokens", type=int, default=100_000)
+    parser.add_argument("--corpus-generated", type=int, default=16, help="SAE corpus rollouts")
+    parser.add_argument("--corpus-tokens", type=int, default=32, help="tokens per rollout")
+    parser.add_argument("--corpus-sentences", type=int, default=1000)
+    parser.add_argument("--n-decoder", type=int, default=64, help="decoder-row directions")
+    parser.add_argument("--n-random", type=int, default=32, help="random Gaussian directions")
+    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=8, help="tokens per effect rollout")
+    parser.add_argument("--n-side", type=int, default=20, help="features in the side-effect test")
+    parser.add_argument("--eval-tokens", type=int, default=8)
+    parser.add_argument("--sweep", default="1,2", help="multiples of the calibrated scale")
+    parser.add_argument("--effect-multiplier", type=float, default=1.0, help="effect scale")
+    parser.add_argument("--tasks", default="sentiment,formality,tense,voice,french")
+    parser.add_argument("--name", default="sae_ts", help="name of the written files")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.n_decoder, args.n_random, args.samples, args.n_side = 8, 8, 1, 3
+        args.tokens, args.eval_tokens, args.sweep = 4, 6, "1"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sweep = [float(x) for x in args.sweep.split(",")]
+    tasks = ["sentiment", "formality"] if args.quick else [t for t in args.tasks.split(",") if t]
+    skip = ("out", "threads", "device", "tasks", "name", "effect_multiplier")
+    sizes = {k: v for k, v in vars(args).items() if k not in skip}
+    if args.effect_multiplier != 1.0:  # keeps the default run's cache key
+        sizes["effect_scale"] = args.effect_multiplier
+    key = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
+    cache = cache_root() / "benchmarks" / f"sae_ts-{key}"  # resumable effect collection
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+        print(f"[{name}] {timings[name]:.0f} s", flush=True)
+
+    model = load_model("gemma-3-270m", device=args.device)
+    lap("load model")
+    sae = train_reference_sae(
+        model,
+        HOOK,
+        d_sae=args.d_sae,
+        n_tokens=args.sae_tokens,
+        corpus_options=dict(
+            n_generated=args.corpus_generated,
+            generated_tokens=args.corpus_tokens,
+            n_sentences=args.corpus_sentences,
+        ),
+        device=args.device,
+    )
+    lap("reference SAE")
+
+    # --- task targets, from texts disjoint from the probe/CAA texts (other seed)
+    targets: dict[str, tuple[int, float]] = {}
+    for task in tasks:
+        negative, positive = task_texts(task, 64, args.seed + 1)
+        targets[task] = target_feature(sae, model, negative, positive)
+    lap("task features")
+
+    # --- one scale for every unit direction: median of a small calibration
+    gen = torch.Generator().manual_seed(args.seed)
+    d_model, d_sae = model.cfg.d_model, sae.cfg.d_sae
+    reference = attribute_texts("tense", n=4, seed=args.seed + 2)[0]
+    picked = torch.randperm(d_sae, generator=gen)[:2]
+    probes_dirs = torch.cat([torch.randn(2, d_model, generator=gen), sae.W_dec[picked]]).detach()
+    probes_dirs = probes_dirs / probes_dirs.norm(dim=1, keepdim=True)
+    acts = harvest_activations(model, reference, HOOK, position="all")
+    act_norm = float(acts.norm(dim=1).mean())
+    cal = calibrate_scales(
+        model,
+        probes_dirs,
+        HOOK,
+        reference_texts=reference,
+        scales=torch.logspace(math.log10(0.02 * act_norm), math.log10(2 * act_norm), 6),
+    )
+    scale = float(cal.median())
+    lap("calibration")
+    print(f"mean |x| at {HOOK}: {act_norm:.0f}; calibrated scale {scale:.0f}", flush=True)
+
+    # --- effect data: decoder rows (task targets first) + random directions
+    forced = [f for f, _ in targets.values()]
+    others = [int(f) for f in torch.randperm(d_sae, generator=gen) if int(f) not in forced]
+    features = list(dict.fromkeys(forced + others))[: max(args.n_decoder, len(forced))]
+    rows = sae.W_dec[features].detach()
+    randoms = torch.randn(args.n_random, d_model, generator=gen)
+    directions = torch.cat([rows, randoms])
+    directions = directions / directions.norm(dim=1, keepdim=True)
+    effects = measure_effects(
+        model,
+        sae,
+        directions,
+        scale * args.effect_multiplier,
+        prompts=EFFECT_PROMPTS,
+        n_samples=args.samples,
+        max_new_tokens=args.tokens,
+        batch_size=48,
+        seed=args.seed,
+        do_sample=args.samples > 1,
+        cache_dir=cache / "effects",
+    )
+    lap("effects")
+    effect_model, report = EffectModel.fit(
+        directions, effects, hook_name=HOOK, model_name=model.cfg.model_name, seed=args.seed
+    )
+    print(f"effect model: R^2 held-out {report.r2:.3f} (n_train {report.n_train})", flush=True)
+
+    # --- side effects on held-out rollouts: decoder row vs SAE-TS for the same feature
+    # Only features the effect data moved have a column of W (SAE-TS needs W t != 0).
+    fitted = [f for f in features if float(effect_model.W[:, f].norm()) > 0]
+    side_features = fitted[: args.n_side]
+    print(f"{len(fitted)}/{len(features)} decoder-row features have effect data", flush=True)
+    dec_vecs = [decoder_row_vector(sae, f, hook_name=HOOK).direction for f in side_features]
+    ts_vecs = [sae_ts_vector(effect_model, [f]).direction for f in side_features]
+    held = measure_effects(
+        model,
+        sae,
+        torch.stack(dec_vecs + ts_vecs).float(),
+        scale * args.effect_multiplier,
+        prompts=HELD_OUT_PROMPTS,
+        n_samples=args.samples,
+        max_new_tokens=args.tokens,
+        batch_size=48,
+        seed=args.seed + 1000,
+        do_sample=args.samples > 1,
+        cache_dir=cache / "held_out",
+    )
+    n_side = len(side_features)
+    side = []
+    for i, f in enumerate(side_features):
+        dec_y, ts_y = held[i], held[n_side + i]
+        side.append(
+            dict(
+                feature=f,
+                dec_target=float(dec_y[f]),
+                ts_target=float(ts_y[f]),
+                dec_ratio=side_effect_ratio(dec_y, [f]),
+                ts_ratio=side_effect_ratio(ts_y, [f]),
+            )
+        )
+    lap("held-out side effects")
+    scores: dict[str, dict[str, float]] = {}
+    best_scales: dict[str, dict[str, float]] = {}
+    write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings)
+
+    # --- steering tasks
+    coherence = LikelihoodCoherenceScorer(model)
+    for task in tqdm(tasks, desc="tasks"):
+        negative, positive = task_texts(task, 64, args.seed)
+        if task == "french":
+            words = list(language_pairs().targets) + FRENCH_FUNCTION_WORDS
+            behaviour = KeywordScorer(words, saturation=2)
+        else:
+            behaviour = ProbeScorer.fit(model, positive, negative, PROBE_HOOK, position="mean")
+        feature = targets[task][0]
+        vectors = {
+            "CAA": caa_vector(model, positive, negative, HOOK, normalize=True),
+            "SAE": decoder_row_vector(sae, feature, hook_name=HOOK),
+        }
+        if feature in fitted:
+            vectors["SAE-TS"] = sae_ts_vector(effect_model, [feature])
+        scores[task] = {"SAE-TS": math.nan}
+        best_scales[task] = {"SAE-TS": math.nan}
+        for method, vector in vectors.items():
+            result = evaluate_steering(
+                model,
+                vector,
+                prompts=EVAL_PROMPTS,
+                scales=[m * scale for m in sweep],
+                behavior_scorer=behaviour,
+                coherence_scorer=coherence,
+                max_new_tokens=args.eval_tokens,
+                seed=args.seed,
+            )
+            scores[task][method] = result.best_score
+            best_scales[task][method] = result.best_scale / scale
+        lap(f"task {task}")
+        write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings)
+
+
+def write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings):
+    """Print the tables and write ``sae_ts.md``, ``sae_ts.json`` and ``sae_ts.png``."""
+    tasks = list(scores)
+    lines = [
+        "# SAE-TS vs CAA vs SAE decoder-row steering (Gemma-3-270M)",
+        "",
+        f"Command: `python benchmarks/sae_ts.py {' '.join(sys.argv[1:])}` "
+        f"(d_sae {args.d_sae} TopK k=32 SAE trained on {args.sae_tokens} token samples of a corpus "
+        f"of {args.corpus_generated} model rollouts x {args.corpus_tokens} tokens + "
+        f"{args.corpus_sentences} sentence pairs + the en/fr word list; effects of "
+        f"{args.n_decoder} decoder rows + {args.n_random} random directions, "
+        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens; "
+        f"scale sweep {args.sweep} x calibrated scale {scale:.0f} "
+        f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy prompts x "
+        f"{args.eval_tokens} tokens).",
+        "",
+        f"Effect model (ridge): held-out R^2 = {report.r2:.3f} "
+        f"(n_train {report.n_train}, n_test {report.n_test}).",
+        "",
+        "## Max over scales of behaviour x coherence",
+        "",
+        "| task | target feature (separation) | " + " | ".join(METHODS) + " |",
+        "|---|---|" + "---|" * len(METHODS),
+    ]
+    for task in tasks:
+        f, sep = targets[task]
+        cells = [f"{scores[task][m]:.3f} (x{best_scales[task][m]:g})" for m in METHODS]
+        lines.append(f"| {task} | {f} ({sep:.2f}) | " + " | ".join(cells) + " |")
+    if tasks:
+        means = {m: statistics.mean(scores[t][m] for t in tasks) for m in METHODS}
+        lines.append("| **mean** | | " + " | ".join(f"{means[m]:.3f}" for m in METHODS) + " |")
+    lines += [
+        "",
+        "(x: best scale in units of the calibrated scale.)",
+        "",
+        f"## Side effects on held-out rollouts (scale {args.effect_multiplier:g} x calibrated, "
+        "same for both vectors)",
+        "",
+        "Ratio = mean |change of non-target features| per unit target change (lower is better; "
+        "inf = target did not rise).",
+        "",
+        "| feature | decoder-row target change | decoder-row ratio | SAE-TS target change | "
+        "SAE-TS ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in side:
+        lines.append(
+            f"| {row['feature']} | {row['dec_target']:.3g} | {row['dec_ratio']:.3g} | "
+            f"{row['ts_target']:.3g} | {row['ts_ratio']:.3g} |"
+        )
+    # effect per side effect = 1 / ratio (0 where the target did not rise)
+    dec_eff = [0.0 if math.isinf(r["dec_ratio"]) else 1 / r["dec_ratio"] for r in side]
+    ts_eff = [0.0 if math.isinf(r["ts_ratio"]) else 1 / r["ts_ratio"] for r in side]
+    wins = sum(t > d for t, d in zip(ts_eff, dec_eff, strict=True))
+    lines += [
+        "",
+        f"Median target effect per unit side effect over {len(side)} features: decoder row "
+        f"{statistics.median(dec_eff or [math.nan]):.3g}, SAE-TS "
+        f"{statistics.median(ts_eff or [math.nan]):.3g}; SAE-TS higher "
+        f"on {wins}/{len(side)} features.",
+        "",
+        "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"{args.name}_quick" if args.quick else args.name
+    write_text_atomic(args.out / f"{name}.md", text)
+    payload = dict(
+        scale=scale,
+        act_norm=act_norm,
+        r2=report.r2,
+        targets=targets,
+        scores=scores,
+        best_scales=best_scales,
+        side=side,
+        timings=timings,
+        args={k: str(v) for k, v in vars(args).items()},
+    )
+    write_text_atomic(args.out / f"{name}.json", json.dumps(payload, indent=2))
+    plot(args.out / f"{name}.png", tasks, scores, dec_eff, ts_eff)
+
+
+def plot(path: Path, tasks, scores, dec_eff, ts_eff) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.27
+    for i, method in enumerate(METHODS):
+        xs = [j + (i - 1) * width for j in range(len(tasks))]
+        left.bar(xs, [scores[t][method] for t in tasks], width, label=method)
+    left.set_xticks(range(len(tasks)), tasks)
+    left.set_ylabel("max behaviour x coherence")
+    left.legend()
+    left.set_title("Steering tasks")
+    right.scatter(dec_eff, ts_eff, s=18)
+    top = max(dec_eff + ts_eff + [1e-9]) * 1.05
+    right.plot([0, top], [0, top], color="grey", lw=0.8)
+    right.set_xlabel("decoder row: target change / side effect")
+    right.set_ylabel("SAE-TS: target change / side effect")
+    right.set_title("Held-out rollouts, per feature")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""A reference SAELens dictionary (SAE) for a model, trained offline and cached.
+
+SAE-TS and the steering diagnostics need an ordinary SAE at the hook they steer. Pretrained
+SAELens releases live on the Hugging Face Hub, which is out of reach offline, so
+:func:`train_reference_sae` trains one with SAELens's own ``SAETrainer``.
+
+Why ``SAETrainer`` and not ``LanguageModelSAETrainingRunner``: the runner streams tokens from
+a Hub dataset through its ``ActivationsStore``; offline there is none. ``SAETrainer`` is the
+runner's inner loop (same losses, dead-feature tracking, learning-rate schedule, activation
+norm scaling folded into the weights at the end) and accepts any iterator of ``(batch, d_in)``
+activations, which here come from :func:`ssae_lens.activations.harvest_activations`
+(``position="all"``, BOS excluded).
+
+The default corpus (:func:`reference_corpus`) needs no download:
+
+- text the model generates itself (sampled continuations of a fixed, seeded set of short
+  prompts): on-distribution for the model, varied in topic;
+- the package's templated sentences (all four attributes, both poles) and its English/French
+  word list: the concepts the steering benchmarks target.
+
+The trained SAE is saved with ``SAE.save_model`` in ``<cache_root()>/saes/<key>`` (written to
+a temporary folder and moved into place) and loaded with ``SAE.load_from_disk`` on the next
+call with the same settings. Any other SAELens SAE can be used wherever this one is.
+
+::
+
+    sae = train_reference_sae("gemma-3-270m", "blocks.6.hook_resid_post", d_sae=2048)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from sae_lens import SAE
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.training.sae_trainer import SAETrainer
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from ssae_lens._io import write_json_atomic
+from ssae_lens.activations import harvest_activations, model_fingerprint
+from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.models import cache_root, load_model
+from ssae_lens.steering.vector import resolve_hook_name
+from ssae_lens.training import ShuffledBatches
+
+__all__ = ["CORPUS_PROMPTS", "reference_corpus", "train_reference_sae"]
+
+Architecture = Literal["topk", "standard"]
+
+CORPUS_PROMPTS: tuple[str, ...] = (
+    "The history of the city",
+    "In the morning, she",
+    "Scientists have discovered",
+    "The recipe calls for",
+    "He opened the letter and",
+    "The best way to learn",
+    "Yesterday the team",
+    "The weather in spring",
+    "Once upon a time,",
+    "The new law will",
+    "My favourite book is",
+    "The company announced",
+    "La ville de Paris",
+    "The football match",
+    "To install the software,",
+    "The museum exhibits",
+)
+"""Prompts whose sampled continuations make up the generated part of the default corpus."""
+
+_MANIFEST = "ssae_lens_dictionary.json"
+_FORMAT_VERSION = 1
+
+
+def reference_corpus(
+    model: HookedTransformer,
+    *,
+    n_generated: int = 128,
+    generated_tokens: int = 64,
+    n_sentences: int = 2_000,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[str]:
+    """An offline text corpus: model rollouts plus the package's sentences and words.
+
+    Args:
+        model: the model that writes the generated part.
+        n_generated: sampled continuations (temperature 1) of :data:`CORPUS_PROMPTS`, cycled.
+        generated_tokens: tokens per continuation.
+        n_sentences: templated sentence pairs (both sides kept) from
+            :func:`ssae_lens.builtin_pairs.sentence_pairs` over all attributes.
+        seed: seed of the sampling and of the sentence draw.
+        batch_size: continuations per ``generate`` call.
+
+    Returns:
+        The texts: generations (prompt included), sentences, then English and French words.
+    """
+    prompts = [CORPUS_PROMPTS[i % len(CORPUS_PROMPTS)] for i in range(n_generated)]
+    generated: list[str] = []
+    starts = range(0, len(prompts), batch_size)
+    with torch.random.fork_rng(devices=[]):
+        for b, start in enumerate(tqdm(starts, desc="corpus rollouts", disable=None)):
+            torch.manual_seed(seed + b)
+            chunk = prompts[start : start + batch_size]
+            width = model.to_tokens(chunk, padding_side="left").shape[1]
+            out = model.generate(
+                chunk,
+                max_new_tokens=generated_tokens,
+                do_sample=True,
+                temperature=1.0,
+                stop_at_eos=False,
+                return_type="tokens",
+                padding_side="left",
+                verbose=False,
+            )
+            generated += model.to_string(out[:, width:])
+    generated = [p + t for p, t in zip(prompts, generated, strict=True)]
+    pairs = sentence_pairs(n=n_sentences, seed=seed, attributes=list(SENTENCE_ATTRIBUTES))
+    words = language_pairs()
+    return (
+        generated
+        + list(pairs.sources)
+        + list(pairs.targets)
+        + list(words.sources)
+        + list(words.targets)
+    )
+
+
+def train_reference_sae(
+    model_name: str | HookedTransformer = "gemma-3-270m",
+    hook_name: str = "blocks.6.hook_resid_post",
+    *,
+    d_sae: int = 2048,
+    architecture: Architecture = "topk",
+    k: int = 32,
+    l1_coefficient: float = 5.0,
+    n_tokens: int = 150_000,
+    batch_size: int = 1024,
+    lr: float = 3e-4,
+    texts: Sequence[str] | None = None,
+    corpus_options: dict[str, Any] | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> SAE:
+    """Train (or load from the cache) a SAELens SAE on a model's activations at one hook.
+
+    The activations of the corpus at ``hook_name`` (every non-BOS token) are harvested once;
+    ``SAETrainer`` then sees ``n_tokens`` of them in shuffled batches (several epochs if the
+    corpus is shorter), with SAELens's ``expected_average_only_in`` normalisation folded into
+    the weights after training, so the returned SAE reads raw activations.
+
+    Args:
+        model_name: ``"gemma-3-270m"`` or any name :func:`ssae_lens.models.load_model` takes,
+            or a ``HookedTransformer``.
+        hook_name: the hook point, e.g. ``"blocks.6.hook_resid_post"``.
+        d_sae: dictionary width.
+        architecture: ``"topk"`` (``k`` active features) or ``"standard"`` (ReLU with an L1
+            penalty of ``l1_coefficient``).
+        k: active features per token of the TopK SAE.
+        l1_coefficient: sparsity penalty of the standard SAE.
+        n_tokens: activation vectors (tokens) the trainer sees in total.
+        batch_size: activation vectors per training step.
+        lr: Adam learning rate (cosine-annealed to ``lr / 10``).
+        texts: the corpus; default :func:`reference_corpus` of the model.
+        corpus_options: keyword arguments of :func:`reference_corpus` (default corpus only).
+        seed: seed of the initialisation, the corpus and the batch order.
+        cache_dir: root cache folder; default :func:`ssae_lens.models.cache_root`. The SAE is
+            kept in ``<cache_dir>/saes/<key>``.
+        device: device to train on.
+
+    Returns:
+        An inference ``SAE`` whose ``cfg.metadata.hook_name`` is ``hook_name``.
+    """
+    if architecture not in ("topk", "standard"):
+        raise ValueError(
+            f"architecture must be 'topk' or 'standard', got {architecture!r}; for other "
+            "architectures train with SAELens directly and load the SAE with SAE.load_from_disk."
+        )
+    for name, value in (("d_sae", d_sae), ("k", k), ("n_tokens", n_tokens)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}.")
+    if batch_size < 1 or batch_size > n_tokens:
+        raise ValueError(
+            f"batch_size must be between 1 and n_tokens ({n_tokens}), got {batch_size}."
+        )
+    if texts is not None and corpus_options:
+        raise ValueError("corpus_options only shape the default corpus: pass texts or them.")
+    if texts is not None and (isinstance(texts, str) or not texts):
+        raise ValueError("texts must be a non-empty list of strings (wrap one text: [text]).")
+    model = load_model(model_name, device=device)
+    hook_name = resolve_hook_name(model, hook_name)
+
+    settings = dict(
+        format_version=_FORMAT_VERSION,
+        model=model_fingerprint(model),
+        model_name=model.cfg.model_name,
+        hook_name=hook_name,
+        architecture=architecture,
+        d_sae=d_sae,
+        k=k if architecture == "topk" else None,
+        l1_coefficient=l1_coefficient if architecture == "standard" else None,
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        corpus=_corpus_key(texts, corpus_options),
+    )
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+    folder = root / "saes" / f"{model.cfg.model_name}-{hook_name}-{architecture}-{d_sae}-{key}"
+    if (folder / _MANIFEST).exists():
+        return SAE.load_from_disk(folder, device=str(device))
+
+    if texts is None:
+        texts = reference_corpus(model, seed=seed, **(corpus_options or {}))
+    acts = harvest_activations(
+        model, list(texts), hook_name, position="all", include_bos=False, progress=True
+    )
+    sae = _train(acts, model, hook_name, settings, device)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        sae.save_model(build)
+        write_json_atomic(build / _MANIFEST, {**settings, "corpus_tokens": int(acts.shape[0])})
+        if folder.exists():  # another process finished the same SAE first
+            shutil.rmtree(build)
+        else:
+            os.replace(build, folder)
+    finally:
+        if build.exists():
+            shutil.rmtree(build)
+    return SAE.load_from_disk(folder, device=str(device))
+
+
+def _train(
+    acts: torch.Tensor,
+    model: HookedTransformer,
+    hook_name: str,
+    settings: dict[str, Any],
+    device: str | torch.device,
+) -> SAE:
+    torch.manual_seed(settings["seed"])
+    common = dict(
+        d_in=int(acts.shape[1]),
+        d_sae=settings["d_sae"],
+        device=str(device),
+        normalize_activations="expected_average_only_in",
+    )
+    if settings["architecture"] == "topk":
+        sae: Any = TopKTrainingSAE(TopKTrainingSAEConfig(k=settings["k"], **common))
+    else:
+        sae = StandardTrainingSAE(
+            StandardTrainingSAEConfig(l1_coefficient=settings["l1_coefficient"], **common)
+        )
+    sae.cfg.metadata.hook_name = hook_name
+    sae.cfg.metadata.model_name = model.cfg.model_name
+    batches = ShuffledBatches(acts.to(device), settings["batch_size"], seed=settings["seed"])
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=settings["n_tokens"],
+        train_batch_size_samples=settings["batch_size"],
+        lr=settings["lr"],
+        lr_end=settings["lr"] / 10,
+        lr_scheduler_name="cosineannealing",
+        device=str(device),
+        n_batches_for_norm_estimate=max(1, min(100, acts.shape[0] // settings["batch_size"])),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trained = SAETrainer(trainer_cfg, sae, batches).fit()
+    build = Path(tempfile.mkdtemp(prefix="ssae_lens_sae_"))
+    try:
+        trained.save_inference_model(build)
+        return SAE.load_from_disk(build, device=str(device))
+    finally:
+        shutil.rmtree(build)
+
+
+def _corpus_key(texts: Sequence[str] | None, options: dict[str, Any] | None) -> dict[str, Any]:
+    if texts is None:
+        return {"default": dict(sorted((options or {}).items())), "prompts": list(CORPUS_PROMPTS)}
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(str(text).encode())
+        digest.update(b"\0")
+    return {"texts": digest.hexdigest(), "n_texts": len(texts)}
