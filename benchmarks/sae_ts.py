@@ -29,6 +29,7 @@ Steps (CPU-sized; every size is a flag and is written into the report):
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import math
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ssae_lens._io import save_figure, write_text_atomic
@@ -92,6 +94,20 @@ def target_feature(sae, model, negative: list[str], positive: list[str]) -> tupl
     return best, float(separation[best])
 
 
+def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
+    """Option values from a YAML file whose keys are the flags' names (``n_decoder``)."""
+    if not path.is_file():
+        parser.error(f"config file {str(path)!r} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    valid = [a.dest for a in parser._actions if a.dest not in ("help", "config")]
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            parser.error(f"unknown key {key!r} in {path}{hint}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
@@ -114,6 +130,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--config", type=Path, help="YAML of these options (e.g. configs/sae_ts.yaml); flags win"
+    )
+    given, _ = parser.parse_known_args()
+    if given.config is not None:
+        parser.set_defaults(**_read_config(given.config, parser))
     args = parser.parse_args()
     if args.quick:
         args.n_decoder, args.n_random, args.samples, args.n_side = 8, 8, 1, 3
@@ -122,7 +144,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sweep = [float(x) for x in args.sweep.split(",")]
     tasks = ["sentiment", "formality"] if args.quick else [t for t in args.tasks.split(",") if t]
-    skip = ("out", "threads", "device", "tasks", "name", "effect_multiplier")
+    skip = ("out", "threads", "device", "tasks", "name", "effect_multiplier", "config")
     sizes = {k: v for k, v in vars(args).items() if k not in skip}
     if args.effect_multiplier != 1.0:  # keeps the default run's cache key
         sizes["effect_scale"] = args.effect_multiplier
