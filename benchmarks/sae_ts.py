@@ -108,7 +108,7 @@ def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
     return values
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -131,8 +131,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--config", type=Path, help="YAML of these options (e.g. configs/sae_ts.yaml); flags win"
+        "--config",
+        type=Path,
+        help="YAML of these options (configs/benchmarks/sae_ts.yaml); flags win",
     )
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     given, _ = parser.parse_known_args()
     if given.config is not None:
         parser.set_defaults(**_read_config(given.config, parser))

@@ -287,3 +287,21 @@ def test_shipped_configs_load():
         cfg = load_config(path, DemoConfig if path.stem == "demo" else ExperimentConfig)
         if path.stem not in ("demo", "synthetic"):
             assert cfg.dataset == path.stem and cfg.model == "gemma-3-270m"
+
+
+def test_sae_ts_benchmark_config_sets_only_its_options():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    spec = importlib.util.spec_from_file_location("sae_ts_bench", root / "benchmarks/sae_ts.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    parser = bench.build_parser()
+    values = bench._read_config(root / "configs/benchmarks/sae_ts.yaml", parser)
+    parser.set_defaults(**values)
+    args = parser.parse_args([])
+    assert args.n_decoder == values["n_decoder"] and args.tasks == values["tasks"]
+    bad = root / "configs/benchmarks/sae_ts.yaml"
+    with pytest.raises(SystemExit):
+        bench._read_config(bad.with_name("missing.yaml"), parser)
