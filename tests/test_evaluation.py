@@ -137,9 +137,7 @@ def test_repetition_penalty_lowers_coherence(tiny_model, monkeypatch):
 # ----------------------------------------------------------------------------- harness
 def test_harness_end_to_end(tiny_model, vector, tmp_path):
     state = torch.get_rng_state()
-    result = evaluate_steering(
-        tiny_model,
-        vector,
+    sweep = dict(
         prompts=PROMPTS,
         scales=[8.0, 2.0],
         behavior_scorer=char_scorer,
@@ -149,6 +147,7 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
         seed=3,
         batch_size=3,
     )
+    result = evaluate_steering(tiny_model, vector, **sweep)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
     assert [r.scale for r in result.results] == [0.0, 2.0, 8.0]
     assert len(result.samples) == 3 * len(PROMPTS) * 2
@@ -189,18 +188,7 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
     assert [s.text for s in result.samples_at(8.0)] != [s.text for s in result.samples_at(0.0)]
 
     # Same seed, same result.
-    again = evaluate_steering(
-        tiny_model,
-        vector,
-        prompts=PROMPTS,
-        scales=[8.0, 2.0],
-        behavior_scorer=char_scorer,
-        max_new_tokens=6,
-        n_samples=2,
-        do_sample=True,
-        seed=3,
-        batch_size=3,
-    )
+    again = evaluate_steering(tiny_model, vector, **sweep)
     assert again.samples == result.samples
 
     # Outputs: table, markdown, JSON, plot.
