@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from ssae_lens.sae_ts import measure_effects
+from ssae_lens.testing import bpe_tokenizer
 
 CORPUS = [
     "The weather today is calm and the river runs slowly past the old mill.",
@@ -35,29 +35,6 @@ CORPUS = [
     "A small boat crossed the lake at dawn, carrying bread, fish and letters.",
 ]
 PROMPTS = ["The weather today", "Our team reviewed", "She played the", "A small boat"]
-
-
-def bpe_tokenizer(folder: str) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer of ~300 tokens trained on ``CORPUS``."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator(
-        CORPUS,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    ).save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def random_model(
@@ -96,7 +73,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as folder:
-        model = random_model(bpe_tokenizer(folder), args.d_model, args.device, args.seed)
+        tokenizer = bpe_tokenizer(folder, CORPUS, vocab_size=300)
+        model = random_model(tokenizer, args.d_model, args.device, args.seed)
     hook = "blocks.2.hook_resid_post"
     sae_cfg = StandardSAEConfig(
         d_in=model.cfg.d_model, d_sae=8 * model.cfg.d_model, device=args.device

@@ -6,9 +6,10 @@ import os
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
+
+from ssae_lens.testing import bpe_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tests run tiny tensors, for which intra-op threads cost far more than they save: on a busy
@@ -29,30 +30,11 @@ TOKENIZER_CORPUS = [
     "red blue green yellow circle square triangle cube ball box hat car",
     "one two three four five six seven eight nine ten hundred thousand",
 ]
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
 def build_tiny_tokenizer(folder: str) -> PreTrainedTokenizerFast:
-    """A small byte-level BPE tokenizer trained on a fixed corpus, saved to ``folder`` and
-    reloaded from there (TransformerLens reloads tokenizers by ``name_or_path``)."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(TOKENIZER_CORPUS, trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-    )
-    wrapped.save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)
+    """A small byte-level BPE tokenizer (400 tokens) trained on a fixed corpus."""
+    return bpe_tokenizer(folder, TOKENIZER_CORPUS, vocab_size=400)
 
 
 def build_tiny_model(
