@@ -445,6 +445,20 @@ def demo(config: ConfigArg, set_: SetOpt = None) -> None:
     typer.echo(f"Report: {report}\nConfig: {Path(cfg.out_dir) / 'config.yaml'}")
 
 
+@app.command()
+@_clean_errors
+def paper(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Reproduce the SSAE paper's tables (identifiability, steering accuracy, transfer).
+
+    Example: ssae-lens paper configs/paper.yaml --set seeds=[0,1] --set layers=[12]
+    """
+    from ssae_lens.paper import PaperConfig, run_paper
+
+    cfg = load_config(config, PaperConfig, set_ or [])
+    report = run_paper(cfg)
+    typer.echo(f"Report: {report}\nConfig: {Path(cfg.out_dir) / (cfg.name + '_config.yaml')}")
+
+
 # ------------------------------------------------------------------------------- helpers
 
 

@@ -15,9 +15,6 @@ A rerun reuses the converted model, the activation cache and trained SSAEs.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens import SAE
 from torch import Tensor
 
 from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
@@ -40,7 +36,7 @@ from ssae_lens.models import cache_root, load_model
 from ssae_lens.pairs import load_pairs
 from ssae_lens.ssae import SSAE, TrainingSSAEConfig
 from ssae_lens.steering import SteeringVector, steer
-from ssae_lens.training import train_ssae
+from ssae_lens.training import load_or_train_ssae
 
 CONCEPT_NAMES = {"language": "French", "gender": "feminine"}
 
@@ -94,28 +90,6 @@ def _pair_directions(concept_dirs: Tensor, labels: Tensor) -> Tensor:
     return labels @ unit
 
 
-def _train_cached(shifts: Tensor, cfg: TrainingSSAEConfig, seed: int, root: Path) -> SSAE:
-    key = hashlib.sha256(
-        json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()
-        + shifts.numpy().tobytes()
-        + str(seed).encode()
-    ).hexdigest()[:16]
-    folder = root / f"ssae-{key}"
-    if (folder / "cfg.json").exists():
-        return SAE.load_from_disk(folder)
-    # A 2-unit SSAE is a stream of tiny matmuls: one thread avoids contention overhead.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        sae = train_ssae(shifts, cfg, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    sae.save_model(tmp)
-    os.replace(tmp, folder)
-    return sae
-
-
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo and return the path of the Markdown report."""
     t0 = time.perf_counter()
@@ -152,7 +126,7 @@ def run_demo(cfg: DemoConfig) -> Path:
                 sparsity=sparsity,
                 training_steps=cfg.training_steps,
             )
-            sae = _train_cached(shifts_tr, tcfg, seed, out / "models")
+            sae = load_or_train_ssae(shifts_tr, tcfg, seed=seed, cache_dir=out / "models")
             if name == "SSAE":
                 ssaes.append(sae)
             dirs = sae.steering_directions()

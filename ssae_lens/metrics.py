@@ -144,6 +144,22 @@ def concept_directions(
     return (signed.T @ shifts) / only.sum(0)[:, None]
 
 
+def regression_directions(
+    shifts: Float[Tensor, "n d"], labels: Float[Tensor, "n c"]
+) -> Float[Tensor, "c d"]:
+    """Supervised directions by least squares: the minimum-norm ``R`` with ``labels @ R``
+    closest to ``shifts``. For one-hot change labels (``+1`` at the new value, ``-1`` at the
+    old), where no pair changes a single column, row ``j`` is the direction of value ``j``
+    (centred within its factor)."""
+    if shifts.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"shifts and labels need one row per pair, got {shifts.shape[0]} and "
+            f"{labels.shape[0]} rows."
+        )
+    solution = torch.linalg.pinv(labels.double()) @ shifts.double()
+    return solution.to(shifts.dtype)
+
+
 def steering_accuracy(
     source: Float[Tensor, "n d"],
     target: Float[Tensor, "n d"],

@@ -401,8 +401,16 @@ class ConceptPairs:
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[ConceptPairs, ConceptPairs]:
         """Random disjoint ``(train, test)`` split; ``round(n * test_fraction)`` pairs go to test.
 
-        Deterministic in ``seed``; each part keeps the original order of its pairs.
+        Deterministic in ``seed``; each part keeps the original order of its pairs. The
+        indices of the two parts are :meth:`split_indices`.
         """
+        train, test = self.split_indices(test_fraction, seed)
+        return self.subset(train), self.subset(test)
+
+    def split_indices(
+        self, test_fraction: float = 0.2, seed: int = 0
+    ) -> tuple[list[int], list[int]]:
+        """The sorted pair indices of the ``(train, test)`` parts of :meth:`split`."""
         if not 0 < test_fraction < 1:
             raise ValueError(
                 f"test_fraction must be strictly between 0 and 1, got {test_fraction}."
@@ -417,7 +425,7 @@ class ConceptPairs:
             )
         order = list(range(n))
         random.Random(seed).shuffle(order)
-        return self.subset(sorted(order[n_test:])), self.subset(sorted(order[:n_test]))
+        return sorted(order[n_test:]), sorted(order[:n_test])
 
     @classmethod
     def concat(

@@ -10,7 +10,11 @@ one), and a progress bar that shows the multiplier and constraint violation.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +22,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainStepOutput
+from sae_lens.training import sae_trainer
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
@@ -215,6 +221,7 @@ def train_ssae(
     wandb_project: str = "ssae_lens",
     log_every: int = 50,
     return_trainer: bool = False,
+    progress: bool = True,
 ) -> SSAE | tuple[SSAE, SSAETrainer]:
     """Train a Sparse Shift Autoencoder on shifts and return the inference :class:`SSAE`.
 
@@ -235,6 +242,7 @@ def train_ssae(
             this function start a run in ``wandb_project``).
         log_every: steps between entries of the trainer's ``history``.
         return_trainer: also return the :class:`SSAETrainer` (its ``history``).
+        progress: show the trainer's progress bar.
     """
     device = device or cfg.device
     torch.manual_seed(seed)
@@ -279,11 +287,61 @@ def train_ssae(
     trainer = SSAETrainer(trainer_cfg, sae, provider, log_every=log_every)
     if resume_from is not None:
         _resume(trainer, Path(resume_from))
-    trainer.fit()
+    with _progress_bar(progress):
+        trainer.fit()
     with torch.no_grad():
         sae.normalize_decoder()
     ssae = sae.to_inference()
     return (ssae, trainer) if return_trainer else ssae
+
+
+def load_or_train_ssae(
+    shifts: Float[Tensor, "n d_in"],
+    cfg: TrainingSSAEConfig,
+    *,
+    seed: int,
+    cache_dir: str | os.PathLike,
+    threads: int | None = 1,
+    progress: bool = True,
+) -> SSAE:
+    """:func:`train_ssae` on a tensor, cached in ``cache_dir`` under a hash of data, config
+    and seed: a rerun with the same inputs loads the saved SSAE instead of training.
+
+    ``threads`` sets torch's intra-op threads while training (restored after); the default 1
+    suits small SSAEs, whose steps are streams of small matmuls.
+    """
+    check_shifts(shifts, cfg.d_in)
+    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
+    digest.update(str(seed).encode())
+    folder = Path(cache_dir) / f"ssae-{digest.hexdigest()[:16]}"
+    if (folder / "cfg.json").exists():
+        return SAE.load_from_disk(folder)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        sae = train_ssae(shifts, cfg, seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(previous)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    sae.save_model(tmp)
+    os.replace(tmp, folder)
+    return sae
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool) -> Iterator[None]:
+    """``SAETrainer.fit`` builds its bar from its module's ``tqdm``: swap in a disabled one."""
+    if enabled:
+        yield
+        return
+    original = sae_trainer.tqdm
+    sae_trainer.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        sae_trainer.tqdm = original
 
 
 def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
@@ -301,4 +359,11 @@ def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
     ]
 
 
-__all__ = ["SSAETrainer", "ShuffledBatches", "TrainingRecord", "check_shifts", "train_ssae"]
+__all__ = [
+    "SSAETrainer",
+    "ShuffledBatches",
+    "TrainingRecord",
+    "check_shifts",
+    "load_or_train_ssae",
+    "train_ssae",
+]

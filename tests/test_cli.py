@@ -19,7 +19,7 @@ from ssae_lens.pairs import load_pairs
 from ssae_lens.steering import SteeringVector, steer
 
 HOOK = "blocks.1.hook_resid_post"
-COMMANDS = ["harvest", "train", "evaluate", "steer", "diagnose", "publish", "demo"]
+COMMANDS = ["harvest", "train", "evaluate", "steer", "diagnose", "publish", "demo", "paper"]
 runner = CliRunner()
 
 
@@ -270,7 +270,9 @@ def test_shipped_configs_load():
 
     from ssae_lens.config import load_config
     from ssae_lens.demo import DemoConfig
+    from ssae_lens.paper import PaperConfig
 
+    classes = {"demo": DemoConfig, "paper": PaperConfig}
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     names = {p.stem for p in configs}
     assert {
@@ -282,10 +284,11 @@ def test_shipped_configs_load():
         "corr",
         "categorical",
         "sentences",
+        "paper",
     } <= names
     for path in configs:
-        cfg = load_config(path, DemoConfig if path.stem == "demo" else ExperimentConfig)
-        if path.stem not in ("demo", "synthetic"):
+        cfg = load_config(path, classes.get(path.stem, ExperimentConfig))
+        if path.stem not in ("demo", "synthetic", "paper"):
             assert cfg.dataset == path.stem and cfg.model == "gemma-3-270m"
 
 
