@@ -130,6 +130,7 @@ def test_study_runs_end_to_end_on_the_tiny_model(tiny_model, tmp_path, monkeypat
         training_steps=20,
         width_multipliers=[1, 2],
         layers=[0, 1],
+        sparsity_sweep=[0.1],
         sae_width=16,
         sae_tokens=2048,
         out_dir=str(tmp_path / "out"),
@@ -139,7 +140,7 @@ def test_study_runs_end_to_end_on_the_tiny_model(tiny_model, tmp_path, monkeypat
     assert set(results["main"]) == {"binary", "corr", "categorical"}
     assert set(results["transfer"]) == {"binary -> gender", "corr -> language"}
     assert set(results["width"]) == {"29", "58"}  # 9 shapes + 10 colours + 10 objects
-    assert set(results["layers"]) == {"0", "1"}
+    assert set(results["layers"]) == {"0", "1"} and set(results["sparsity"]) == {"0.1"}
     for row in results["main"].values():
         for method, cell in row.items():
             n = 1 if method in ("PCA", "mean-diff", "supervised") else 2
