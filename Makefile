@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-all lint bench demo clean
+.PHONY: install test test-fast test-all lint bench demo paper clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m ssae_lens.demo
+
+# The SSAE paper reproduction on Gemma-3-270M (benchmarks/results/paper.md, ~40 min on 2 CPUs).
+paper: $(STAMP)
+	$(PY) benchmarks/paper.py --config configs/paper.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -151,3 +151,20 @@ def test_study_runs_end_to_end_on_the_tiny_model(tiny_model, tmp_path, monkeypat
     assert "| claim | holds |" in report and "binary -> gender" in report
     for name in ("paper_steering.png", "paper_layers.png", "paper_width.png", "paper_config.yaml"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_calibrated_target_is_aff_code_scale_times_active_fraction(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSAE_LENS_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    concepts = torch.randn(2, 16)
+    labels = torch.zeros(120, 2)
+    labels[torch.arange(120), torch.arange(120) % 2] = 1.0  # one of the two changes per pair
+    labels[:40] = 1.0  # a third change both: 4/3 concepts per pair on average
+    src = torch.randn(120, 16)
+    data = _data(src, src + labels @ concepts, labels, ["a", "b"], concepts)
+    cfg = PaperConfig(training_steps=30)
+    aff = paper._train(data, 2, 0, cfg, None)
+    scale = float(aff.encode(data.shifts_tr).abs().mean())
+    target = paper.calibrated_target(data, 2, 0, cfg)
+    assert target == pytest.approx(scale * (4 / 3) / 2, rel=1e-5)
+    assert paper.calibrated_target(data, 8, 0, cfg) < target  # wider codes: tighter target
