@@ -73,6 +73,7 @@ FRENCH_FUNCTION_WORDS = [
     "dans", "pour", "avec", "sur", "pas", "qui", "que", "du", "au", "ce", "mais", "très",
 ]  # fmt: skip
 METHODS = ("CAA", "SAE", "SAE-TS")
+RIDGE_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def task_texts(task: str, n: int, seed: int) -> tuple[list[str], list[str]]:
@@ -117,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus-generated", type=int, default=16, help="SAE corpus rollouts")
     parser.add_argument("--corpus-tokens", type=int, default=32, help="tokens per rollout")
     parser.add_argument("--corpus-sentences", type=int, default=1000)
+    parser.add_argument("--sae-lr", type=float, default=1e-3, help="SAE Adam learning rate")
+    parser.add_argument("--sae-batch", type=int, default=512, help="SAE batch size")
     parser.add_argument("--n-decoder", type=int, default=64, help="decoder-row directions")
+    parser.add_argument("--n-mix", type=int, default=0, help="random mixes of 2-4 decoder rows")
     parser.add_argument("--n-random", type=int, default=32, help="random Gaussian directions")
-    parser.add_argument("--samples", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=1, help="samples per effect prompt")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per effect rollout")
+    parser.add_argument("--batch-size", type=int, default=128, help="rollouts per batch")
     parser.add_argument("--n-side", type=int, default=20, help="features in the side-effect test")
+    parser.add_argument("--held-samples", type=int, default=None, help="default: --samples")
     parser.add_argument("--eval-tokens", type=int, default=8)
     parser.add_argument("--sweep", default="1,2", help="multiples of the calibrated scale")
     parser.add_argument("--effect-multiplier", type=float, default=1.0, help="effect scale")
@@ -151,7 +157,18 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sweep = [float(x) for x in args.sweep.split(",")]
     tasks = ["sentiment", "formality"] if args.quick else [t for t in args.tasks.split(",") if t]
-    skip = ("out", "threads", "device", "tasks", "name", "effect_multiplier", "config")
+    skip = (
+        "out",
+        "threads",
+        "device",
+        "tasks",
+        "name",
+        "effect_multiplier",
+        "config",
+        "batch_size",
+    )
+    if args.held_samples is None:
+        args.held_samples = args.samples
     sizes = {k: v for k, v in vars(args).items() if k not in skip}
     if args.effect_multiplier != 1.0:  # keeps the default run's cache key
         sizes["effect_scale"] = args.effect_multiplier
@@ -174,6 +191,8 @@ def main() -> None:
         HOOK,
         d_sae=args.d_sae,
         n_tokens=args.sae_tokens,
+        batch_size=args.sae_batch,
+        lr=args.sae_lr,
         corpus_options=dict(
             n_generated=args.corpus_generated,
             generated_tokens=args.corpus_tokens,
@@ -210,13 +229,20 @@ def main() -> None:
     lap("calibration")
     print(f"mean |x| at {HOOK}: {act_norm:.0f}; calibrated scale {scale:.0f}", flush=True)
 
-    # --- effect data: decoder rows (task targets first) + random directions
+    # --- effect data: decoder rows (task targets first), random mixes of 2-4 decoder rows
+    # (random positive weights), random Gaussian directions
     forced = [f for f, _ in targets.values()]
     others = [int(f) for f in torch.randperm(d_sae, generator=gen) if int(f) not in forced]
     features = list(dict.fromkeys(forced + others))[: max(args.n_decoder, len(forced))]
-    rows = sae.W_dec[features].detach()
+    decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
+    rows = decoder[features]
+    mixes = torch.zeros(args.n_mix, d_model)
+    for i in range(args.n_mix):
+        k = int(torch.randint(2, 5, (1,), generator=gen))
+        picked = torch.randperm(d_sae, generator=gen)[:k]
+        mixes[i] = torch.rand(k, generator=gen) @ decoder[picked]
     randoms = torch.randn(args.n_random, d_model, generator=gen)
-    directions = torch.cat([rows, randoms])
+    directions = torch.cat([rows, mixes, randoms])
     directions = directions / directions.norm(dim=1, keepdim=True)
     effects = measure_effects(
         model,
@@ -226,15 +252,21 @@ def main() -> None:
         prompts=EFFECT_PROMPTS,
         n_samples=args.samples,
         max_new_tokens=args.tokens,
-        batch_size=48,
+        batch_size=args.batch_size,
         seed=args.seed,
         do_sample=args.samples > 1,
         cache_dir=cache / "effects",
     )
     lap("effects")
     effect_model, report = EffectModel.fit(
-        directions, effects, hook_name=HOOK, model_name=model.cfg.model_name, seed=args.seed
+        directions,
+        effects,
+        hook_name=HOOK,
+        model_name=model.cfg.model_name,
+        seed=args.seed,
+        weight_decay=RIDGE_GRID,  # picked by 5-fold CV on the training split
     )
+    wd = effect_model.provenance["weight_decay"]
     print(f"effect model: R^2 held-out {report.r2:.3f} (n_train {report.n_train})", flush=True)
 
     # --- side effects on held-out rollouts: decoder row vs SAE-TS for the same feature
@@ -250,11 +282,11 @@ def main() -> None:
         torch.stack(dec_vecs + ts_vecs).float(),
         scale * args.effect_multiplier,
         prompts=HELD_OUT_PROMPTS,
-        n_samples=args.samples,
+        n_samples=args.held_samples,
         max_new_tokens=args.tokens,
-        batch_size=48,
+        batch_size=args.batch_size,
         seed=args.seed + 1000,
-        do_sample=args.samples > 1,
+        do_sample=args.held_samples > 1,
         cache_dir=cache / "held_out",
     )
     n_side = len(side_features)
@@ -273,7 +305,7 @@ def main() -> None:
     lap("held-out side effects")
     scores: dict[str, dict[str, float]] = {}
     best_scales: dict[str, dict[str, float]] = {}
-    write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings)
+    write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings)
 
     # --- steering tasks
     coherence = LikelihoodCoherenceScorer(model)
@@ -307,10 +339,10 @@ def main() -> None:
             scores[task][method] = result.best_score
             best_scales[task][method] = result.best_scale / scale
         lap(f"task {task}")
-        write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings)
+        write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings)
 
 
-def write_report(args, targets, scale, act_norm, report, side, scores, best_scales, timings):
+def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings):
     """Print the tables and write ``sae_ts.md``, ``sae_ts.json`` and ``sae_ts.png``."""
     tasks = list(scores)
     lines = [
@@ -320,13 +352,17 @@ def write_report(args, targets, scale, act_norm, report, side, scores, best_scal
         f"(d_sae {args.d_sae} TopK k=32 SAE trained on {args.sae_tokens} token samples of a corpus "
         f"of {args.corpus_generated} model rollouts x {args.corpus_tokens} tokens + "
         f"{args.corpus_sentences} sentence pairs + the en/fr word list; effects of "
-        f"{args.n_decoder} decoder rows + {args.n_random} random directions, "
-        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens; "
+        f"{args.n_decoder} decoder rows + {args.n_mix} random mixes of 2-4 rows + "
+        f"{args.n_random} random Gaussian directions, "
+        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens "
+        f"(held-out: {len(HELD_OUT_PROMPTS)} other prompts x {args.held_samples} samples, "
+        "other seed); "
         f"scale sweep {args.sweep} x calibrated scale {scale:.0f} "
         f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy prompts x "
         f"{args.eval_tokens} tokens).",
         "",
-        f"Effect model (ridge): held-out R^2 = {report.r2:.3f} "
+        f"Effect model (ridge, weight decay {wd:g} by "
+        f"5-fold CV on the training split): held-out R^2 = {report.r2:.3f} "
         f"(n_train {report.n_train}, n_test {report.n_test}).",
         "",
         "## Max over scales of behaviour x coherence",
@@ -383,6 +419,7 @@ def write_report(args, targets, scale, act_norm, report, side, scores, best_scal
         scale=scale,
         act_norm=act_norm,
         r2=report.r2,
+        ridge_weight_decay=wd,
         targets=targets,
         scores=scores,
         best_scales=best_scales,

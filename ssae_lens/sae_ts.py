@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.utilities import apply_softcap, get_attention_mask
 
 from ssae_lens._io import atomic_path, write_text_atomic
 from ssae_lens.steering import SteeringVector, steer_rows
@@ -51,11 +53,13 @@ __all__ = [
     "FitReport",
     "calibrate_scales",
     "decoder_row_vector",
+    "generate_tokens",
     "interpolate_scales",
     "measure_effects",
     "pinv_vector",
     "rotation_vector",
     "sae_ts_vector",
+    "sample_tokens",
     "side_effect_ratio",
 ]
 
@@ -88,9 +92,11 @@ def measure_effects(
 
     Direction ``i`` is added as ``scales[i] * directions[i]`` at every position (prompt and
     each decode step) while ``n_samples`` rollouts of ``max_new_tokens`` tokens are generated
-    from each prompt. The rollouts are then run through the model again (steered the same
-    way when ``steer_readout``, else unsteered: the effect through the text alone), the
-    activations at the SAE's hook are encoded, and the features are averaged over the
+    from each prompt (:func:`generate_tokens`, KV cache). With ``steer_readout`` the
+    activations at the SAE's hook are the steered ones of the generation pass itself (one
+    extra cached step, up to the hook's block, reads the last token); without it the
+    rollouts are run through the model again unsteered (the effect through the text alone).
+    The activations are encoded, and the features are averaged over the
     **generated** positions only: the inputs ``prompt_len .. prompt_len + max_new_tokens - 1``
     of every rollout (rollouts never stop early, so each has exactly ``max_new_tokens``),
     all rollouts weighted equally. The same average over unsteered rollouts is subtracted.
@@ -211,6 +217,7 @@ class _Rollouts:
     generate_kwargs: dict[str, Any]
     steer_readout: bool
 
+    @torch.no_grad()
     def mean_features(
         self, directions: Tensor | None, scales: Tensor | None, first: int = 0
     ) -> Float[Tensor, "k d_sae"]:
@@ -229,38 +236,23 @@ class _Rollouts:
                 else steer_rows(self.model, directions[vec], self.hook_name, scales[vec])
             )
             with steering:
-                tokens, mask = self._generate(prompts, self.seed + first * per + lo)
-                if self.steer_readout:
-                    feats = self._features(tokens, mask)
-            if not self.steer_readout:
-                feats = self._features(tokens, mask)
-            sums.index_add_(0, vec, feats.double())
+                tokens, acts = generate_tokens(
+                    self.model,
+                    prompts,
+                    self.max_new_tokens,
+                    seed=self.seed + first * per + lo,
+                    capture=self.hook_name if self.steer_readout else None,
+                    **self.generate_kwargs,
+                )
+            if acts is None:  # unsteered readout of the steered text
+                acts = self._readout(tokens)
+            sums.index_add_(0, vec, self._encode(acts).double())
         return (sums / per).float()
 
-    @torch.no_grad()
-    def _generate(self, prompts: list[str], seed: int) -> tuple[Tensor, Tensor]:
-        model = self.model
-        lengths = [model.to_tokens(p).shape[1] for p in prompts]
-        width = max(lengths)
-        device = torch.device(model.cfg.device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            tokens = model.generate(
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                stop_at_eos=False,
-                verbose=False,
-                return_type="tokens",
-                padding_side="left",
-                **self.generate_kwargs,
-            )
-        mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
-        for row, length in enumerate(lengths):
-            mask[row, : width - length] = 0
-        return tokens, mask
-
-    @torch.no_grad()
-    def _features(self, tokens: Tensor, mask: Tensor) -> Float[Tensor, "batch d_sae"]:
+    def _readout(self, tokens: Tensor) -> Tensor:
+        """Activations at the hook of the generated tokens, read by an unsteered pass."""
+        prepend_bos = self.model.cfg.default_prepend_bos
+        mask = get_attention_mask(self.model.tokenizer, tokens, prepend_bos, padding_side="left")
         captured: list[Tensor] = []
         layer = _hook_layer(self.hook_name)
         self.model.run_with_hooks(
@@ -270,11 +262,129 @@ class _Rollouts:
             stop_at_layer=None if layer is None else layer + 1,
             fwd_hooks=[(self.hook_name, lambda act, hook: captured.append(act.detach()))],
         )
-        acts = captured[0][:, -self.max_new_tokens :]
+        return captured[0][:, -self.max_new_tokens :]
+
+    def _encode(self, acts: Tensor) -> Float[Tensor, "batch d_sae"]:
         acts = acts.reshape(*acts.shape[:2], -1)
         sae_param = next(self.sae.parameters())
         feats = self.sae.encode(acts.to(sae_param))
         return feats.float().mean(dim=1).cpu()
+
+
+# ---------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_tokens(
+    model: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    capture: str | None = None,
+) -> tuple[Int[Tensor, "batch width"], Float[Tensor, "batch new d"] | None]:
+    """Batched sampling with a KV cache; a lean equivalent of ``model.generate``.
+
+    The prompts are left-padded; each step runs only the new token through the blocks and
+    computes logits for the last position only (``ln_final`` then ``resid @ W_U + b_U``),
+    sampled by :func:`sample_tokens` (greedy: argmax). Greedy decoding returns the same
+    tokens as ``model.generate(prompts, max_new_tokens, do_sample=False, stop_at_eos=False,
+    padding_side="left", return_type="tokens")``; sampling has the same distribution (but
+    other draws for a seed). For Gemma-3-270M on a CPU it is ~3x faster per step than
+    ``generate`` at 16 rows and more at larger batches: ``generate`` computes logits at every
+    prompt position, its ``Unembed`` copies the transposed ``W_U`` (670 MB) on every call,
+    and ``torch.multinomial`` over 262k tokens costs more than the rest of a decode step.
+    Steering hooks active on the model (``steer``, ``steer_rows``) apply on the prompt and
+    on every decode step, as in ``generate``. Never stops early.
+
+    Args:
+        model: a ``HookedTransformer`` with a tokenizer.
+        prompts: the prompts, one per batch row.
+        max_new_tokens: tokens to generate per row.
+        do_sample: sample at ``temperature`` (else greedy).
+        temperature: sampling temperature.
+        seed: torch seed of the sampling (the global RNG state is restored after); ``None``
+            samples from the current global state.
+        capture: a hook point; if given, its activations at the inputs
+            ``prompt_len .. prompt_len + max_new_tokens - 1`` (the generated tokens, as the
+            next forward pass sees them, after any steering hook) are also returned.
+
+    Returns:
+        ``(tokens, acts)``: the left-padded prompts followed by the new tokens, and the
+        captured ``(batch, max_new_tokens, d)`` activations (``None`` without ``capture``).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
+    rows = [model.to_tokens(p)[0] for p in prompts]
+    width = max(len(r) for r in rows)
+    device = torch.device(model.cfg.device)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros_like(tokens)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    ones = mask.new_ones(len(rows), 1)
+    n_layers = model.cfg.n_layers
+    layer = None if capture is None else _hook_layer(capture)
+    captured: list[Tensor] = []
+
+    def grab(act: Tensor, hook: Any) -> None:
+        captured.append(act.detach()[:, -1:])
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(rows))
+    hooks = [] if capture is None else [(capture, grab)]
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    with rng, model.hooks(fwd_hooks=hooks):
+        if seed is not None:
+            torch.manual_seed(seed)
+        resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
+        if captured:
+            captured.clear()  # the prompt's own activations are not wanted
+        new = []
+        for step in range(max_new_tokens):
+            logits = _last_logits(model, resid[:, -1])
+            nxt = sample_tokens(logits, temperature) if do_sample else logits.argmax(-1)
+            new.append(nxt)
+            last = step == max_new_tokens - 1
+            if last and capture is None:
+                break
+            stop = (layer + 1 if layer is not None else n_layers) if last else n_layers
+            resid = model(
+                nxt[:, None], attention_mask=ones, past_kv_cache=cache, stop_at_layer=stop
+            )
+    out = torch.cat([tokens, torch.stack(new, dim=1)], dim=1)
+    acts = torch.cat(captured, dim=1) if capture is not None else None
+    return out, acts
+
+
+def sample_tokens(
+    logits: Float[Tensor, "batch vocab"], temperature: float = 1.0
+) -> Int[Tensor, " batch"]:
+    """One token per row from ``softmax(logits / temperature)``, by inverting the CDF.
+
+    Draws one uniform number per row (``torch.rand``) and finds it in the row's cumulative
+    probabilities (float32, scaled to the row's total so rounding cannot fall off the end).
+    Over a 262k vocabulary this is ~5x faster on a CPU than ``torch.multinomial`` (which
+    ``model.generate`` uses), with the same distribution but a different use of the RNG.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum_(-1)
+    u = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).clamp_max_(cdf.shape[-1] - 1)[:, 0]
+
+
+def _last_logits(model: Any, resid: Float[Tensor, "batch d"]) -> Float[Tensor, "batch vocab"]:
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid[:, None])[:, 0]
+    logits = torch.addmm(model.unembed.b_U, resid, model.unembed.W_U)
+    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError(
+            "The logits became NaN/inf during generation (steering scale too large?)."
+        )
+    return logits
 
 
 class _EffectCache:
@@ -512,7 +622,7 @@ class EffectModel:
         method: str = "ridge",
         test_fraction: float = 0.2,
         seed: int = 0,
-        weight_decay: float = 1e-4,
+        weight_decay: float | Sequence[float] = 1e-4,
         steps: int = 2000,
         lr: float = 1e-2,
         hook_name: str | None = None,
@@ -525,6 +635,10 @@ class EffectModel:
         bias is not penalised); deterministic and fast. ``method="adam"`` minimises the same
         mean squared error plus ``weight_decay |W|^2 / 2`` with full-batch Adam for ``steps``
         steps at learning rate ``lr``, as in the paper.
+
+        A sequence of ``weight_decay`` values (ridge only) picks one by 5-fold
+        cross-validation on the training split alone (lowest mean squared error; the
+        held-out split is never used), recorded in ``provenance["weight_decay"]``.
         """
         x = torch.as_tensor(directions).detach().double().cpu()
         y = torch.as_tensor(effects).detach().double().cpu()
@@ -541,6 +655,10 @@ class EffectModel:
             raise ValueError(f"Too few pairs ({n}) to fit with test_fraction={test_fraction}.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         test, train = order[:n_test], order[n_test:]
+        if not isinstance(weight_decay, (int, float)):
+            if method != "ridge":
+                raise ValueError("A grid of weight_decay values needs method='ridge'.")
+            weight_decay = _cv_weight_decay(x[train], y[train], list(weight_decay), seed)
         if method == "ridge":
             w, b = _ridge(x[train], y[train], weight_decay)
         elif method == "adam":
@@ -582,6 +700,25 @@ class EffectModel:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("ssae_lens", "{}"))
             return cls(f.get_tensor("W"), f.get_tensor("b"), **meta)
+
+
+def _cv_weight_decay(x: Tensor, y: Tensor, grid: list[float], seed: int, folds: int = 5) -> float:
+    """The ridge penalty of ``grid`` with the lowest ``folds``-fold cross-validated MSE."""
+    if not grid:
+        raise ValueError("weight_decay grid is empty.")
+    if x.shape[0] < folds:
+        raise ValueError(f"Cross-validation needs >= {folds} training pairs, got {x.shape[0]}.")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 1))
+    parts = order.chunk(folds)
+    errors = []
+    for alpha in grid:
+        sse = 0.0
+        for k, held in enumerate(parts):
+            fit_rows = torch.cat([p for j, p in enumerate(parts) if j != k])
+            w, b = _ridge(x[fit_rows], y[fit_rows], alpha)
+            sse += float(((x[held] @ w.double() + b.double() - y[held]) ** 2).sum())
+        errors.append(sse)
+    return float(grid[min(range(len(grid)), key=errors.__getitem__)])
 
 
 def _ridge(x: Tensor, y: Tensor, alpha: float) -> tuple[Tensor, Tensor]:

@@ -86,7 +86,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
     reference = effects(tiny_model, tiny_sae, dirs, chunk_size=1)
 
     calls = {"n": 0}
-    original = tiny_model.generate
+    original = sae_ts.generate_tokens
 
     def failing_generate(*args, **kwargs):
         calls["n"] += 1
@@ -94,7 +94,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_model, "generate", failing_generate)
+    monkeypatch.setattr(sae_ts, "generate_tokens", failing_generate)
     with pytest.raises(KeyboardInterrupt):
         effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path)
     written = sorted(p.name for p in tmp_path.iterdir())
@@ -318,3 +318,22 @@ def test_targeted_vector_needs_a_hook_name():
     with pytest.raises(ValueError, match="hook_name="):
         sae_ts_vector(effect_model, [0])
     assert sae_ts_vector(effect_model, [0], hook_name=HOOK).hook_name == HOOK
+
+
+def test_weight_decay_grid_is_picked_on_the_training_split_only():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 40, generator=gen)
+    w = torch.randn(40, 5, generator=gen) * (torch.arange(40) < 3)[:, None]  # 3 useful dims
+    y = x @ w + 2.0 * torch.randn(60, 5, generator=gen)  # noisy: shrinkage helps
+    _, plain = EffectModel.fit(x, y, weight_decay=1e-6)
+    model, picked = EffectModel.fit(x, y, weight_decay=[1e-6, 1e-2, 1e-1, 1.0, 100.0])
+    assert model.provenance["weight_decay"] in (1e-2, 1e-1, 1.0)  # neither extreme
+    assert picked.r2 > plain.r2
+    # The pick depends on the training rows only: changing the held-out effects keeps it.
+    order = torch.randperm(60, generator=torch.Generator().manual_seed(0))
+    y_changed = y.clone()
+    y_changed[order[:12]] += 100.0
+    again, _ = EffectModel.fit(x, y_changed, weight_decay=[1e-6, 1e-2, 1e-1, 1.0, 100.0])
+    assert again.provenance["weight_decay"] == model.provenance["weight_decay"]
+    with pytest.raises(ValueError, match="method='ridge'"):
+        EffectModel.fit(x, y, weight_decay=[0.1, 1.0], method="adam")
