@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
@@ -29,6 +28,7 @@ from ssae_lens.activations import harvest_shifts
 from ssae_lens.metrics import (
     concept_directions,
     matched_cosine,
+    oriented_match,
     seed_agreement_mcc,
     steering_accuracy,
 )
@@ -71,17 +71,6 @@ class MethodResult:
     alignment: list[float]
     seed_agreement: float | None = None
     accuracy: list[float] = field(default_factory=list)
-
-
-def _oriented_matched_directions(
-    dirs: Tensor, reference: Tensor
-) -> tuple[Tensor, list[float], list[int]]:
-    """Columns of ``dirs`` matched to the reference concepts, signs flipped to agree."""
-    m = matched_cosine(dirs, reference)
-    order = [r for _, r in sorted(zip(m.cols, m.rows, strict=True))]
-    picked = dirs[order]
-    signs = torch.sign((picked * reference).sum(-1))
-    return picked * signs[:, None], m.values, order
 
 
 def _pair_directions(concept_dirs: Tensor, labels: Tensor) -> Tensor:
@@ -131,9 +120,9 @@ def run_demo(cfg: DemoConfig) -> Path:
                 ssaes.append(sae)
             dirs = sae.steering_directions()
             raw.append(dirs)
-            oriented, values, _ = _oriented_matched_directions(dirs, reference)
+            oriented, _, matching = oriented_match(dirs, reference)
             res.directions.append(oriented)
-            res.alignment.append(sum(values) / len(values))
+            res.alignment.append(matching.mcc)
             res.accuracy.append(
                 steering_accuracy(src_te, tgt_te, _pair_directions(oriented, labels_te))
             )
@@ -161,13 +150,14 @@ def run_demo(cfg: DemoConfig) -> Path:
     best.cfg.metadata.dataset = cfg.dataset
     dict_dir = out / "ssae"
     best.save_model(dict_dir)
-    _, _, order = _oriented_matched_directions(best.steering_directions(), reference)
+    best_dirs = best.steering_directions()
+    _, order, _ = oriented_match(best_dirs, reference)
     codes_te = best.encode(shifts_te).detach()
     latent_rows = []
     vectors = []
     for c, concept in enumerate(concepts):
         latent = order[c]
-        sign = 1.0 if (best.steering_directions()[latent] @ reference[c]) >= 0 else -1.0
+        sign = 1.0 if (best_dirs[latent] @ reference[c]) >= 0 else -1.0
         strongest = (codes_te[:, latent] * sign).argsort(descending=True)[:5].tolist()
         examples = ", ".join(
             f"{test_pairs.sources[i]} -> {test_pairs.targets[i]}" for i in strongest

@@ -129,6 +129,25 @@ def matched_cosine(learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"
     return Matching(float(values.mean()), rows.tolist(), cols.tolist(), values.tolist(), cos)
 
 
+def oriented_match(
+    learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"]
+) -> tuple[Float[Tensor, "c d"], list[int], Matching]:
+    """Per reference concept, its matched learned direction (:func:`matched_cosine`) with the
+    sign flipped to agree with the reference; zero rows for concepts left unmatched.
+
+    Returns the oriented directions, the learned index per concept (``-1`` if unmatched) and
+    the matching.
+    """
+    m = matched_cosine(learned, reference)
+    oriented = torch.zeros(reference.shape[0], learned.shape[1], dtype=learned.dtype)
+    order = [-1] * reference.shape[0]
+    for row, col in zip(m.rows, m.cols, strict=True):
+        sign = 1.0 if float(learned[row] @ reference[col].to(learned.dtype)) >= 0 else -1.0
+        oriented[col] = sign * learned[row]
+        order[col] = row
+    return oriented, order, m
+
+
 def concept_directions(
     shifts: Float[Tensor, "n d"], labels: Float[Tensor, "n c"]
 ) -> Float[Tensor, "c d"]:

@@ -51,12 +51,13 @@ from tqdm.auto import tqdm
 
 from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
 from ssae_lens.activations import harvest_shifts
+from ssae_lens.config import save_config
 from ssae_lens.dictionary import train_reference_sae
 from ssae_lens.metrics import (
     concept_directions,
     label_mcc,
-    matched_cosine,
     mcc,
+    oriented_match,
     regression_directions,
     steering_accuracy,
 )
@@ -219,11 +220,7 @@ def _fit_from(directions: Tensor, codes_te: Tensor, reference: Tensor) -> Fit:
     """Match directions to reference concepts (Hungarian on |cos|) and orient them."""
     directions = directions.detach().float()
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    m = matched_cosine(directions, reference)
-    matched = torch.zeros_like(reference)
-    for row, col in zip(m.rows, m.cols, strict=True):
-        sign = 1.0 if float(directions[row] @ reference[col]) >= 0 else -1.0
-        matched[col] = sign * directions[row]
+    matched, _, m = oriented_match(directions, reference)
     return Fit(directions, codes_te.detach().float(), matched, m.mcc)
 
 
@@ -256,16 +253,9 @@ def calibrated_target(data: Data, k: int, seed: int, cfg: PaperConfig) -> float:
     return scale * min(active, 1.0)
 
 
-def fit_ssae(
-    data: Data, k: int, seed: int, cfg: PaperConfig, target: float | None | str = "config"
-) -> Fit:
-    """SSAE (``target``: a number, or ``"config"`` for ``cfg.sparsity_target``, which
-    ``None`` there means :func:`calibrated_target`) or aff (``target=None``)."""
-    if target == "config":
-        target = cfg.sparsity_target
-        if target is None:
-            target = calibrated_target(data, k, seed, cfg)
-    sae = _train(data, k, seed, cfg, target)  # type: ignore[arg-type]
+def fit_ssae(data: Data, k: int, seed: int, cfg: PaperConfig, target: float | None) -> Fit:
+    """An SSAE with sparsity target ``target``, or aff for ``None``."""
+    sae = _train(data, k, seed, cfg, target)
     with torch.no_grad():
         codes = sae.encode(data.shifts_te)
     return _fit_from(sae.steering_directions(), codes, data.reference)
@@ -387,10 +377,15 @@ def _method_fits(
     method: str, data: Data, k: int, cfg: PaperConfig, model: Any, hook: str
 ) -> Iterator[Fit]:
     """The fits of one method (one per seed; PCA and mean-diff are deterministic)."""
-    if method in ("SSAE", "SSAE (0.1)", "aff"):
-        target = {"SSAE": "config", "SSAE (0.1)": 0.1, "aff": None}[method]
+    if method == "SSAE":
         for seed in cfg.seeds:
+            target = cfg.sparsity_target
+            if target is None:
+                target = calibrated_target(data, k, seed, cfg)
             yield fit_ssae(data, k, seed, cfg, target)
+    elif method in ("SSAE (0.1)", "aff"):
+        for seed in cfg.seeds:
+            yield fit_ssae(data, k, seed, cfg, 0.1 if method == "SSAE (0.1)" else None)
     elif method == "PCA":
         yield fit_pca(data, k)
     elif method == "ICA":
@@ -454,8 +449,6 @@ def run_paper(cfg: PaperConfig) -> Path:
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from ssae_lens.config import save_config
-
     save_config(cfg, out / f"{cfg.name}_config.yaml")
     study = Study()
     if cfg.threads is not None:
@@ -472,7 +465,7 @@ def run_paper(cfg: PaperConfig) -> Path:
     )
     t = time.perf_counter()
     data: dict[tuple[str, str], Data] = {}
-    for name in tqdm(needed + [cfg.layer_dataset], desc="harvest datasets"):
+    for name in tqdm(list(dict.fromkeys([*needed, cfg.layer_dataset])), desc="harvest datasets"):
         hooks = [hook] + (list(layer_hooks.values()) if name == cfg.layer_dataset else [])
         for h, d in load_data(model, name, list(dict.fromkeys(hooks)), cfg).items():
             data[(name, h)] = d
@@ -564,6 +557,14 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
 
 
+_METRICS = "seed agreement | label MCC | concept alignment | steering accuracy"
+
+
+def _metrics(c: Cell) -> str:
+    """The four :data:`_METRICS` columns of one cell."""
+    return " | ".join(_fmt(v) for v in (c.seed_agreement, c.label_mcc, c.alignment, c.accuracy))
+
+
 def _paper(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -649,14 +650,12 @@ def render_report(study: Study, cfg: PaperConfig, plots: list[Path]) -> str:
         lines += [
             f"### {name} ({n_tr} training / {n_te} held-out pairs)",
             "",
-            "| method | seed agreement | label MCC | concept alignment | steering accuracy "
-            "| paper steering accuracy | cos(v, z) |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| method | {_METRICS} | paper steering accuracy | cos(v, z) |",
+            "|" + " --- |" * 7,
         ]
         for m, c in row.items():
             lines.append(
-                f"| {m} | {_fmt(c.seed_agreement)} | {_fmt(c.label_mcc)} | {_fmt(c.alignment)} "
-                f"| {_fmt(c.accuracy)} | {_paper(paper_by_method.get(m))} | {_fmt(c.cos_vz)} |"
+                f"| {m} | {_metrics(c)} | {_paper(paper_by_method.get(m))} | {_fmt(c.cos_vz)} |"
             )
         lines.append("")
     lines += [
@@ -675,15 +674,12 @@ def render_report(study: Study, cfg: PaperConfig, plots: list[Path]) -> str:
         "",
         f"## Code width on {cfg.width_dataset}",
         "",
-        "| width | method | seed agreement | label MCC | concept alignment | steering accuracy |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| width | method | {_METRICS} |",
+        "|" + " --- |" * 6,
     ]
-    for k, row in study.width.items():
-        for m, c in row.items():
-            lines.append(
-                f"| {k} | {m} | {_fmt(c.seed_agreement)} | {_fmt(c.label_mcc)} "
-                f"| {_fmt(c.alignment)} | {_fmt(c.accuracy)} |"
-            )
+    lines += [
+        f"| {k} | {m} | {_metrics(c)} |" for k, row in study.width.items() for m, c in row.items()
+    ]
     paper_widths = ", ".join(f"k={k}: {s:.3f} vs {a:.3f}" for k, (s, a) in PAPER_CAT_WIDTH.items())
     lines += [
         "",
@@ -692,27 +688,22 @@ def render_report(study: Study, cfg: PaperConfig, plots: list[Path]) -> str:
         "",
         f"## Layers ({cfg.layer_dataset})",
         "",
-        "| layer | method | seed agreement | concept alignment | steering accuracy |",
-        "| --- | --- | --- | --- | --- |",
+        f"| layer | method | {_METRICS} |",
+        "|" + " --- |" * 6,
     ]
-    for layer, row in study.layers.items():
-        for m, c in row.items():
-            lines.append(
-                f"| {layer} | {m} | {_fmt(c.seed_agreement)} | {_fmt(c.alignment)} "
-                f"| {_fmt(c.accuracy)} |"
-            )
+    lines += [
+        f"| {layer} | {m} | {_metrics(c)} |"
+        for layer, row in study.layers.items()
+        for m, c in row.items()
+    ]
     lines += [
         "",
         f"## SSAE sparsity target ({cfg.layer_dataset}, {cfg.hook_name})",
         "",
-        "| target | seed agreement | label MCC | concept alignment | steering accuracy |",
-        "| --- | --- | --- | --- | --- |",
+        f"| target | {_METRICS} |",
+        "|" + " --- |" * 5,
     ]
-    for target, c in study.sparsity.items():
-        lines.append(
-            f"| {target} | {_fmt(c.seed_agreement)} | {_fmt(c.label_mcc)} | {_fmt(c.alignment)} "
-            f"| {_fmt(c.accuracy)} |"
-        )
+    lines += [f"| {target} | {_metrics(c)} |" for target, c in study.sparsity.items()]
     timings = ", ".join(f"{k} {v:.0f}" for k, v in study.timings.items())
     lines += [
         "",

@@ -100,3 +100,14 @@ def test_steering_accuracy_by_hand():
     assert steering_accuracy(src, tgt, torch.tensor([[0.0, 5.0]])) == pytest.approx(1.0)
     # direction (1, 0): (2, 0) vs (1, 1): cosine 1/sqrt(2)
     assert steering_accuracy(src, tgt, torch.tensor([[3.0, 0.0]])) == pytest.approx(2**-0.5)
+
+
+def test_oriented_match_flips_signs_and_marks_unmatched_concepts():
+    from ssae_lens.metrics import oriented_match
+
+    reference = torch.eye(3, 4)
+    learned = torch.stack([-reference[2], reference[0]])  # 2 directions for 3 concepts
+    oriented, order, matching = oriented_match(learned, reference)
+    assert order == [1, -1, 0]
+    torch.testing.assert_close(oriented, torch.stack([reference[0], torch.zeros(4), reference[2]]))
+    assert matching.mcc == pytest.approx(1.0)
