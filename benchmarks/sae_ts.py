@@ -8,7 +8,9 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    (LM loss on reference sentences up by 0.5 nats) over a few random and decoder-row
    directions; calibrating each of hundreds of directions costs more than the rest together.
 3. Effects (:func:`measure_effects`) of the training directions: decoder rows of the task
-   features and of random features, plus random Gaussian directions; the
+   features and of random features, random mixes of decoder rows, and random Gaussian
+   directions, read from the rollouts' text by an unsteered pass (``--readout text``, the
+   paper's y(s); ``steered`` keeps the vector in the readout); the
    :class:`EffectModel` is fitted by ridge with a 20 % held-out split (R^2 reported).
 4. Five steering tasks (sentiment, formality, tense, voice from ``attribute_texts``, and
    French). Each task's target is the SAE feature whose mean activation differs most (in
@@ -18,7 +20,9 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    prompts; behaviour is a ``ProbeScorer`` fitted on held-out labelled texts at
    ``blocks.9.hook_resid_post`` (a ``KeywordScorer`` of French words for French); coherence is
    ``LikelihoodCoherenceScorer``. The metric is the max over scales of behaviour x coherence.
-5. Side effects: for >= 20 features (task targets + fitted features), the effects of the
+5. Side effects: for >= 20 features (the task targets, then the measured decoder-row features
+   whose effect the effect model predicts best: highest per-feature R^2 on the effect data's
+   own held-out split, never the rollouts of this step), the effects of the
    decoder row and of the SAE-TS vector are measured on held-out rollouts (other prompts,
    other seed) and compared by ``side_effect_ratio`` (mean |non-target change| per unit
    target change; lower is better).
@@ -125,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-random", type=int, default=32, help="random Gaussian directions")
     parser.add_argument("--samples", type=int, default=1, help="samples per effect prompt")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per effect rollout")
+    parser.add_argument(
+        "--readout",
+        choices=("text", "steered"),
+        default="text",
+        help="read the rollouts' features unsteered (the paper's effect of the text) or steered",
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="rollouts per batch")
     parser.add_argument("--n-side", type=int, default=20, help="features in the side-effect test")
     parser.add_argument("--held-samples", type=int, default=None, help="default: --samples")
@@ -157,21 +167,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sweep = [float(x) for x in args.sweep.split(",")]
     tasks = ["sentiment", "formality"] if args.quick else [t for t in args.tasks.split(",") if t]
-    skip = (
-        "out",
-        "threads",
-        "device",
-        "tasks",
-        "name",
-        "effect_multiplier",
-        "config",
-        "batch_size",
-    )
     if args.held_samples is None:
         args.held_samples = args.samples
-    sizes = {k: v for k, v in vars(args).items() if k not in skip}
-    if args.effect_multiplier != 1.0:  # keeps the default run's cache key
-        sizes["effect_scale"] = args.effect_multiplier
+    # The effect collection is cached under the options that change it (a rerun with other
+    # held-out or task options reuses it); the held-out rollouts are keyed separately below.
+    effect_options = (
+        "quick", "d_sae", "sae_tokens", "corpus_generated", "corpus_tokens", "corpus_sentences",
+        "sae_lr", "sae_batch", "n_decoder", "n_mix", "n_random", "samples", "tokens", "readout",
+        "effect_multiplier", "seed",
+    )  # fmt: skip
+    sizes = {k: getattr(args, k) for k in effect_options}
     key = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
     cache = cache_root() / "benchmarks" / f"sae_ts-{key}"  # resumable effect collection
     timings: dict[str, float] = {}
@@ -255,6 +260,7 @@ def main() -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         do_sample=args.samples > 1,
+        steer_readout=args.readout == "steered",
         cache_dir=cache / "effects",
     )
     lap("effects")
@@ -270,12 +276,17 @@ def main() -> None:
     print(f"effect model: R^2 held-out {report.r2:.3f} (n_train {report.n_train})", flush=True)
 
     # --- side effects on held-out rollouts: decoder row vs SAE-TS for the same feature
-    # Only features the effect data moved have a column of W (SAE-TS needs W t != 0).
+    # Only features the effect data moved have a column of W (SAE-TS needs W t != 0). After
+    # the task targets come the features whose effect the fit predicts best (per-feature R^2
+    # on the effect data's held-out split): the features SAE-TS can be aimed at.
     fitted = [f for f in features if float(effect_model.W[:, f].norm()) > 0]
-    side_features = fitted[: args.n_side]
     print(f"{len(fitted)}/{len(features)} decoder-row features have effect data", flush=True)
+    feature_r2 = report.r2_per_feature.nan_to_num(-math.inf)
+    ranked = sorted((f for f in fitted if f not in forced), key=lambda f: -float(feature_r2[f]))
+    side_features = ([f for f in forced if f in fitted] + ranked)[: args.n_side]
     dec_vecs = [decoder_row_vector(sae, f, hook_name=HOOK).direction for f in side_features]
     ts_vecs = [sae_ts_vector(effect_model, [f]).direction for f in side_features]
+    held_key = hashlib.sha256(str((side_features, args.held_samples)).encode()).hexdigest()[:8]
     held = measure_effects(
         model,
         sae,
@@ -287,7 +298,8 @@ def main() -> None:
         batch_size=args.batch_size,
         seed=args.seed + 1000,
         do_sample=args.held_samples > 1,
-        cache_dir=cache / "held_out",
+        steer_readout=args.readout == "steered",
+        cache_dir=cache / f"held_out-{held_key}",
     )
     n_side = len(side_features)
     side = []
@@ -296,6 +308,7 @@ def main() -> None:
         side.append(
             dict(
                 feature=f,
+                fit_r2=float(feature_r2[f]),
                 dec_target=float(dec_y[f]),
                 ts_target=float(ts_y[f]),
                 dec_ratio=side_effect_ratio(dec_y, [f]),
@@ -354,7 +367,8 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
         f"{args.corpus_sentences} sentence pairs + the en/fr word list; effects of "
         f"{args.n_decoder} decoder rows + {args.n_mix} random mixes of 2-4 rows + "
         f"{args.n_random} random Gaussian directions, "
-        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens "
+        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens, "
+        f"features read {'unsteered from the text' if args.readout == 'text' else 'steered'} "
         f"(held-out: {len(HELD_OUT_PROMPTS)} other prompts x {args.held_samples} samples, "
         "other seed); "
         f"scale sweep {args.sweep} x calibrated scale {scale:.0f} "
@@ -387,13 +401,14 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
         "Ratio = mean |change of non-target features| per unit target change (lower is better; "
         "inf = target did not rise).",
         "",
-        "| feature | decoder-row target change | decoder-row ratio | SAE-TS target change | "
-        "SAE-TS ratio |",
-        "|---|---|---|---|---|",
+        "| feature | effect-model R^2 | decoder-row target change | decoder-row ratio | "
+        "SAE-TS target change | SAE-TS ratio |",
+        "|---|---|---|---|---|---|",
     ]
     for row in side:
         lines.append(
-            f"| {row['feature']} | {row['dec_target']:.3g} | {row['dec_ratio']:.3g} | "
+            f"| {row['feature']} | {row['fit_r2']:.2f} | {row['dec_target']:.3g} | "
+            f"{row['dec_ratio']:.3g} | "
             f"{row['ts_target']:.3g} | {row['ts_ratio']:.3g} |"
         )
     # effect per side effect = 1 / ratio (0 where the target did not rise)

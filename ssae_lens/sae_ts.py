@@ -85,27 +85,29 @@ def measure_effects(
     cache_dir: str | os.PathLike | None = None,
     do_sample: bool = True,
     temperature: float = 1.0,
-    steer_readout: bool = True,
+    steer_readout: bool = False,
     chunk_size: int = 64,
 ) -> Float[Tensor, "n d_sae"]:
     """Effect of each steering direction on the mean SAE feature activations.
 
     Direction ``i`` is added as ``scales[i] * directions[i]`` at every position (prompt and
     each decode step) while ``n_samples`` rollouts of ``max_new_tokens`` tokens are generated
-    from each prompt (:func:`generate_tokens`, KV cache). With ``steer_readout`` the
-    activations at the SAE's hook are the steered ones of the generation pass itself (one
-    extra cached step, up to the hook's block, reads the last token); without it the
-    rollouts are run through the model again unsteered (the effect through the text alone).
-    The activations are encoded, and the features are averaged over the
-    **generated** positions only: the inputs ``prompt_len .. prompt_len + max_new_tokens - 1``
-    of every rollout (rollouts never stop early, so each has exactly ``max_new_tokens``),
-    all rollouts weighted equally. The same average over unsteered rollouts is subtracted.
+    from each prompt (:func:`generate_tokens`, KV cache). The rollouts are then read by an
+    unsteered pass up to the SAE's hook: the effect of the vector through the text it makes
+    the model write, as in the paper. With ``steer_readout`` the activations are instead
+    those of the steered generation pass itself, which contain the vector as well (a decoder
+    row then activates its own feature whatever the text). The activations are encoded, and
+    the features are averaged over the **generated** positions only: the inputs
+    ``prompt_len .. prompt_len + max_new_tokens - 1`` of every rollout (rollouts never stop
+    early, so each has exactly ``max_new_tokens``), all rollouts weighted equally. The same
+    average over unsteered rollouts is subtracted.
 
-    Rows are ordered (direction, prompt, sample) and generated in batches of ``batch_size``
-    rows; the batch whose first row has global index ``r`` is sampled with torch seed
-    ``seed + r`` (unsteered rollouts use the same numbering), and the global RNG state is
-    restored after. Greedy decoding (``do_sample=False``) makes the result independent of
-    the batching.
+    Sampling uses common random numbers: rollout ``j`` of every direction and of the
+    unsteered baseline draws its tokens with the same uniform numbers (a generator seeded
+    with ``seed``; the global RNG is untouched). Where a vector leaves the next-token
+    distribution unchanged it leaves the token unchanged, so the difference of the two means
+    is far less noisy than with independent draws, and the result does not depend on
+    ``batch_size``.
 
     With ``cache_dir``, the unsteered means and each chunk of ``chunk_size`` directions are
     written as safetensors files (atomically) beside a manifest of the settings: an
@@ -120,7 +122,7 @@ def measure_effects(
         n_samples: rollouts per prompt (``> 1`` needs ``do_sample=True``).
         max_new_tokens: generated tokens per rollout.
         batch_size: rollouts per ``generate`` call.
-        seed: base seed of the sampling.
+        seed: seed of the uniform numbers the rollouts share.
         hook_name: the hook point to steer and read; default the SAE's.
         cache_dir: folder for resumable results.
         do_sample: sample (``True``) or decode greedily.
@@ -175,6 +177,7 @@ def measure_effects(
         temperature=temperature,
         steer_readout=steer_readout,
         chunk_size=chunk_size,
+        sampling="common uniforms per rollout",
     )
     cache = _EffectCache(Path(cache_dir), settings) if cache_dir is not None else None
 
@@ -195,7 +198,7 @@ def measure_effects(
             chunk = cache.read(name) if cache else None
             if chunk is None:
                 stop = min(start + chunk_size, n)
-                chunk = rollout.mean_features(directions[start:stop], scale_t[start:stop], start)
+                chunk = rollout.mean_features(directions[start:stop], scale_t[start:stop])
                 if cache:
                     cache.write(name, chunk)
             means.append(chunk)
@@ -219,13 +222,17 @@ class _Rollouts:
 
     @torch.no_grad()
     def mean_features(
-        self, directions: Tensor | None, scales: Tensor | None, first: int = 0
+        self, directions: Tensor | None, scales: Tensor | None
     ) -> Float[Tensor, "k d_sae"]:
         """Mean features per direction (one unsteered row when ``directions`` is None)."""
         per = len(self.prompts)
         k = 1 if directions is None else directions.shape[0]
         rows = k * per
         sums = torch.zeros(k, self.sae.W_dec.shape[0], dtype=torch.float64)
+        uniforms = None
+        if self.generate_kwargs["do_sample"]:  # the same draws for every direction
+            gen = torch.Generator().manual_seed(self.seed)
+            uniforms = torch.rand(per, self.max_new_tokens, generator=gen)
         for lo in range(0, rows, self.batch_size):
             idx = torch.arange(lo, min(lo + self.batch_size, rows))
             vec = idx // per
@@ -240,7 +247,7 @@ class _Rollouts:
                     self.model,
                     prompts,
                     self.max_new_tokens,
-                    seed=self.seed + first * per + lo,
+                    uniforms=None if uniforms is None else uniforms[idx % per],
                     capture=self.hook_name if self.steer_readout else None,
                     **self.generate_kwargs,
                 )
@@ -281,6 +288,7 @@ def generate_tokens(
     do_sample: bool = True,
     temperature: float = 1.0,
     seed: int | None = None,
+    uniforms: Float[Tensor, "batch new"] | None = None,
     capture: str | None = None,
 ) -> tuple[Int[Tensor, "batch width"], Float[Tensor, "batch new d"] | None]:
     """Batched sampling with a KV cache; a lean equivalent of ``model.generate``.
@@ -305,6 +313,9 @@ def generate_tokens(
         temperature: sampling temperature.
         seed: torch seed of the sampling (the global RNG state is restored after); ``None``
             samples from the current global state.
+        uniforms: the uniform numbers of the sampling, ``uniforms[i, t]`` for token ``t`` of
+            row ``i`` (instead of ``seed``). Rows given the same numbers sample the same
+            tokens wherever their next-token distributions agree (common random numbers).
         capture: a hook point; if given, its activations at the inputs
             ``prompt_len .. prompt_len + max_new_tokens - 1`` (the generated tokens, as the
             next forward pass sees them, after any steering hook) are also returned.
@@ -315,6 +326,11 @@ def generate_tokens(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
+    if uniforms is not None and tuple(uniforms.shape) != (len(prompts), max_new_tokens):
+        raise ValueError(
+            f"uniforms must have shape (len(prompts), max_new_tokens) = "
+            f"({len(prompts)}, {max_new_tokens}), got {tuple(uniforms.shape)}."
+        )
     rows = [model.to_tokens(p)[0] for p in prompts]
     width = max(len(r) for r in rows)
     device = torch.device(model.cfg.device)
@@ -344,7 +360,11 @@ def generate_tokens(
         new = []
         for step in range(max_new_tokens):
             logits = _last_logits(model, resid[:, -1])
-            nxt = sample_tokens(logits, temperature) if do_sample else logits.argmax(-1)
+            if not do_sample:
+                nxt = logits.argmax(-1)
+            else:
+                u = None if uniforms is None else uniforms[:, step]
+                nxt = sample_tokens(logits, temperature, u)
             new.append(nxt)
             last = step == max_new_tokens - 1
             if last and capture is None:
@@ -359,19 +379,24 @@ def generate_tokens(
 
 
 def sample_tokens(
-    logits: Float[Tensor, "batch vocab"], temperature: float = 1.0
+    logits: Float[Tensor, "batch vocab"],
+    temperature: float = 1.0,
+    uniform: Float[Tensor, " batch"] | None = None,
 ) -> Int[Tensor, " batch"]:
     """One token per row from ``softmax(logits / temperature)``, by inverting the CDF.
 
-    Draws one uniform number per row (``torch.rand``) and finds it in the row's cumulative
-    probabilities (float32, scaled to the row's total so rounding cannot fall off the end).
-    Over a 262k vocabulary this is ~5x faster on a CPU than ``torch.multinomial`` (which
-    ``model.generate`` uses), with the same distribution but a different use of the RNG.
+    Uses one uniform number in ``[0, 1)`` per row (``uniform``, else drawn by ``torch.rand``)
+    and finds it in the row's cumulative probabilities (float32, scaled to the row's total so
+    rounding cannot fall off the end). Over a 262k vocabulary this is ~5x faster on a CPU
+    than ``torch.multinomial`` (which ``model.generate`` uses), with the same distribution
+    but a different use of the RNG.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum_(-1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+    if uniform is None:
+        uniform = torch.rand(cdf.shape[0], device=cdf.device)
+    u = uniform.to(cdf)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, u).clamp_max_(cdf.shape[-1] - 1)[:, 0]
 
 

@@ -73,10 +73,33 @@ def test_batched_effects_equal_one_vector_at_a_time(tiny_model, tiny_sae):
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
 
 
+def test_sampled_effects_do_not_depend_on_the_batching(tiny_model, tiny_sae):
+    dirs = unit_directions(3, seed=2)
+    options = dict(do_sample=True, n_samples=2, seed=5)
+    batched = effects(tiny_model, tiny_sae, dirs, batch_size=12, **options)
+    single = torch.cat(
+        [effects(tiny_model, tiny_sae, dirs[i : i + 1], batch_size=3, **options) for i in range(3)]
+    )
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    assert bool((batched.abs().sum(dim=1) > 1e-3).all())
+
+
+def test_rollouts_share_their_random_numbers_with_the_baseline(tiny_model, tiny_sae):
+    # A vector too small to change any next-token distribution's CDF crossing leaves every
+    # sampled token as in the unsteered rollouts, so the effect of the text is exactly zero;
+    # independent draws would make other texts (and a nonzero difference).
+    options = dict(do_sample=True, n_samples=3, seed=7)
+    tiny = measure_effects(
+        tiny_model, tiny_sae, unit_directions(2), 1e-6, prompts=PROMPTS, max_new_tokens=5,
+        **options,
+    )  # fmt: skip
+    assert torch.equal(tiny, torch.zeros(2, 32))
+
+
 def test_effect_of_the_text_alone_differs_from_steered_readout(tiny_model, tiny_sae):
     dirs = unit_directions(2)
-    readout = effects(tiny_model, tiny_sae, dirs)
-    text_only = effects(tiny_model, tiny_sae, dirs, steer_readout=False)
+    readout = effects(tiny_model, tiny_sae, dirs, steer_readout=True)
+    text_only = effects(tiny_model, tiny_sae, dirs)
     # The steered readout sees the added vector itself at the hook point.
     assert not torch.allclose(readout, text_only)
 

@@ -62,6 +62,24 @@ def test_sample_tokens_follows_the_softmax():
     assert int(draws.max()) < 5
 
 
+def test_sample_tokens_inverts_the_cdf_at_given_uniforms():
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    logits = probs.log().expand(4, -1)
+    # cumulative 0.2, 0.5, 1.0: u below 0.2 -> token 0, below 0.5 -> token 1, else token 2
+    u = torch.tensor([0.1, 0.3, 0.49, 0.9])
+    assert sample_tokens(logits, uniform=u).tolist() == [0, 1, 1, 2]
+
+
+def test_rows_with_the_same_uniforms_sample_the_same_tokens(model):
+    uniforms = torch.rand(2, 8, generator=torch.Generator().manual_seed(0))
+    tokens, _ = generate_tokens(model, PROMPTS[:2] * 2, 8, uniforms=uniforms.repeat(2, 1))
+    assert torch.equal(tokens[:2], tokens[2:])
+    other, _ = generate_tokens(model, PROMPTS[:2], 8, uniforms=1 - uniforms)
+    assert not torch.equal(tokens[:2], other)
+    with pytest.raises(ValueError, match="uniforms must have shape"):
+        generate_tokens(model, PROMPTS[:2], 8, uniforms=uniforms[:, :4])
+
+
 def test_steering_changes_the_tokens(model):
     plain, _ = generate_tokens(model, PROMPTS, 10, do_sample=False)
     with steering(model, True):
