@@ -38,6 +38,12 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=40_000)
     parser.add_argument("--steps", default="0,2,5,10", help="comma-separated step counts")
     parser.add_argument("--step-size", type=float, default=0.5)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="prototype-classifier temperature (default: mean squared prototype distance)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=16)
     args = parser.parse_args()
     start = time.perf_counter()
@@ -60,11 +66,13 @@ def main() -> None:
         "# Query-code prototype steering on Gemma-3-270M",
         "",
         f"`python benchmarks/query_steering.py --layer {args.layer} --d-sae {args.d_sae} "
-        f"--n-tokens {args.n_tokens} --steps {args.steps} --step-size {args.step_size}`",
+        f"--n-tokens {args.n_tokens} --steps {args.steps} --step-size {args.step_size}"
+        + (f" --temperature {args.temperature:g}`" if args.temperature else "`"),
         "",
         f"SAE on `{hook}` (standard ReLU, width {args.d_sae}, trained on the package's "
         "sentences); prototype loss, step size "
-        f"{args.step_size}; greedy, {args.max_new_tokens} new tokens, prompts {PROMPTS}. "
+        f"{args.step_size}, temperature {args.temperature or 'mean squared prototype distance'}"
+        "; greedy, {args.max_new_tokens} new tokens, prompts {PROMPTS}. "
         "Behaviour: logistic probe on held-out attribute sentences at "
         f"`{probe_hook}` (mean over tokens); coherence: unsteered likelihood x distinct bigrams.",
         "",
@@ -78,7 +86,13 @@ def main() -> None:
         result = evaluate_steering(
             model,
             lambda n, protos=protos, target=target: steer_queries(
-                model, sae, protos, target, steps=int(n), step_size=args.step_size
+                model,
+                sae,
+                protos,
+                target,
+                steps=int(n),
+                step_size=args.step_size,
+                temperature=args.temperature,
             ),
             prompts=PROMPTS,
             scales=steps,

@@ -73,6 +73,16 @@ def test_prototype_loss_raises_the_target_class_probability():
     assert (moved >= 0).all()
 
 
+def test_a_soft_classifier_moves_codes_along_the_prototype_difference():
+    # T far above the squared distances: softmax ~ uniform, so with two classes each step
+    # adds step_size * (p_target - p_other).
+    protos, codes = torch.rand(2, 6), torch.rand(3, 6)
+    moved = move_codes(codes, protos, 1, steps=4, step_size=0.5, temperature=1e9, nonnegative=False)
+    torch.testing.assert_close(moved, codes + 4 * 0.5 * (protos[1] - protos[0]))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        move_codes(codes, protos, 1, temperature=0.0)
+
+
 def test_zero_steps_change_nothing_and_hooks_are_removed(tiny_model, query_sae, protos):
     tokens = tiny_model.to_tokens(["the cat sat"])
     plain = tiny_model(tokens)

@@ -15,9 +15,13 @@ The paper did not publish its hyper-parameters; the choices here:
 
 - **Loss.** ``"prototype"`` (default): cross-entropy of a nearest-prototype
   classifier, ``softmax(-||c - p_k||^2 / T)``, toward the target class, with ``T``
-  the mean squared distance between prototypes (scale-free). It pulls the code
-  toward the target *and* away from the other classes. ``"distance"``:
-  ``||c - p_target||^2 / 2``, whose gradient steps interpolate linearly toward the
+  the mean squared distance between prototypes (scale-free) unless ``temperature``
+  is given. It pulls the code toward the target *and* away from the other classes.
+  At the default ``T`` the classifier saturates once a code is nearer the target, and
+  the steps stop; a ``T`` far above the squared code distances keeps the softmax near
+  uniform, so each step moves the code by about ``2 step_size (p_target - mean_k p_k)``
+  (for two classes ``step_size (p_target - p_other)``) and ``steps`` acts as a scale.
+  ``"distance"``: ``||c - p_target||^2 / 2``, whose gradient steps interpolate linearly toward the
   prototype (``c <- c + eta (p - c)``).
 - **Steps.** Plain gradient descent, ``steps`` steps of size ``step_size`` (default
   5 x 0.5; the prototype loss's gradient is scaled by ``T``, so a step moves the code
@@ -97,14 +101,18 @@ def move_codes(
     step_size: float = 0.5,
     loss: QueryLoss = "prototype",
     nonnegative: bool = True,
+    temperature: float | None = None,
 ) -> Float[Tensor, "... d_sae"]:
     """Move codes toward ``prototypes[target]`` by gradient steps (see the module docs)."""
     if loss not in ("prototype", "distance"):
         raise ValueError(f"loss must be 'prototype' or 'distance', got {loss!r}.")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"temperature must be positive (or None), got {temperature}.")
     target_proto = prototypes[target]
-    temperature = torch.cdist(prototypes, prototypes).pow(2).sum() / max(
-        len(prototypes) * (len(prototypes) - 1), 1
-    )
+    if temperature is None:
+        n = len(prototypes)
+        temperature = torch.cdist(prototypes, prototypes).pow(2).sum() / max(n * (n - 1), 1)
+    temperature = torch.as_tensor(temperature, dtype=prototypes.dtype)
     c = codes
     for _ in range(steps):
         if loss == "distance":
@@ -130,6 +138,7 @@ def steer_queries(
     step_size: float = 0.5,
     loss: QueryLoss = "prototype",
     nonnegative: bool = True,
+    temperature: float | None = None,
 ) -> Iterator[None]:
     """Inside the block, every query at the prototypes' hook is moved toward ``target``."""
     hook = prototypes.hook_name
@@ -140,7 +149,14 @@ def steer_queries(
         flat = q.flatten(-2).to(sae.W_enc.dtype)
         codes = sae.encode(flat)
         moved = move_codes(
-            codes, protos, t, steps=steps, step_size=step_size, loss=loss, nonnegative=nonnegative
+            codes,
+            protos,
+            t,
+            steps=steps,
+            step_size=step_size,
+            loss=loss,
+            nonnegative=nonnegative,
+            temperature=temperature,
         )
         delta = sae.decode(moved) - sae.decode(codes)
         return q + delta.to(q.dtype).view_as(q)
