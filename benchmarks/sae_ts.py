@@ -22,7 +22,8 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    ``LikelihoodCoherenceScorer``. The metric is the max over scales of behaviour x coherence.
 5. Side effects: for >= 20 features (the task targets, then the measured decoder-row features
    whose effect the effect model predicts best: highest per-feature R^2 on the effect data's
-   own held-out split, never the rollouts of this step), the effects of the
+   own held-out split, never the rollouts of this step; ``--side-features random``: random
+   ones), the effects of the
    decoder row and of the SAE-TS vector are measured on held-out rollouts (other prompts,
    other seed) and compared by ``side_effect_ratio`` (mean |non-target change| per unit
    target change; lower is better).
@@ -137,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=128, help="rollouts per batch")
     parser.add_argument("--n-side", type=int, default=20, help="features in the side-effect test")
+    parser.add_argument(
+        "--side-features",
+        choices=("fit", "random"),
+        default="fit",
+        help="after the task targets: the features the effect model predicts best, or random ones",
+    )
     parser.add_argument("--held-samples", type=int, default=None, help="default: --samples")
     parser.add_argument("--eval-tokens", type=int, default=8)
     parser.add_argument("--sweep", default="1,2", help="multiples of the calibrated scale")
@@ -282,7 +289,9 @@ def main() -> None:
     fitted = [f for f in features if float(effect_model.W[:, f].norm()) > 0]
     print(f"{len(fitted)}/{len(features)} decoder-row features have effect data", flush=True)
     feature_r2 = report.r2_per_feature.nan_to_num(-math.inf)
-    ranked = sorted((f for f in fitted if f not in forced), key=lambda f: -float(feature_r2[f]))
+    ranked = [f for f in fitted if f not in forced]  # random order
+    if args.side_features == "fit":
+        ranked.sort(key=lambda f: -float(feature_r2[f]))
     side_features = ([f for f in forced if f in fitted] + ranked)[: args.n_side]
     dec_vecs = [decoder_row_vector(sae, f, hook_name=HOOK).direction for f in side_features]
     ts_vecs = [sae_ts_vector(effect_model, [f]).direction for f in side_features]
@@ -398,6 +407,14 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
         f"## Side effects on held-out rollouts (scale {args.effect_multiplier:g} x calibrated, "
         "same for both vectors)",
         "",
+        "Features: the task targets, then "
+        + (
+            "those whose effect the effect model predicts best (per-feature R^2 on its own "
+            "held-out split)."
+            if args.side_features == "fit"
+            else "random decoder-row features of the effect data."
+        ),
+        "",
         "Ratio = mean |change of non-target features| per unit target change (lower is better; "
         "inf = target did not rise).",
         "",
@@ -415,12 +432,14 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
     dec_eff = [0.0 if math.isinf(r["dec_ratio"]) else 1 / r["dec_ratio"] for r in side]
     ts_eff = [0.0 if math.isinf(r["ts_ratio"]) else 1 / r["ts_ratio"] for r in side]
     wins = sum(t > d for t, d in zip(ts_eff, dec_eff, strict=True))
+    losses = sum(t < d for t, d in zip(ts_eff, dec_eff, strict=True))
     lines += [
         "",
         f"Median target effect per unit side effect over {len(side)} features: decoder row "
         f"{statistics.median(dec_eff or [math.nan]):.3g}, SAE-TS "
-        f"{statistics.median(ts_eff or [math.nan]):.3g}; SAE-TS higher "
-        f"on {wins}/{len(side)} features.",
+        f"{statistics.median(ts_eff or [math.nan]):.3g}; SAE-TS higher on {wins}, decoder row "
+        f"higher on {losses}, tied on {len(side) - wins - losses} of {len(side)} features "
+        "(0 where the target did not rise).",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
         "",
