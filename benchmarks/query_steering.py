@@ -72,7 +72,7 @@ def main() -> None:
         f"SAE on `{hook}` (standard ReLU, width {args.d_sae}, trained on the package's "
         "sentences); prototype loss, step size "
         f"{args.step_size}, temperature {args.temperature or 'mean squared prototype distance'}"
-        "; greedy, {args.max_new_tokens} new tokens, prompts {PROMPTS}. "
+        f"; greedy, {args.max_new_tokens} new tokens, prompts {PROMPTS}. "
         "Behaviour: logistic probe on held-out attribute sentences at "
         f"`{probe_hook}` (mean over tokens); coherence: unsteered likelihood x distinct bigrams.",
         "",

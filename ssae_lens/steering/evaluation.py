@@ -150,7 +150,8 @@ class SteeringEvaluation:
         lines += [
             "",
             f"max behaviour x coherence = {best.score:.3f} at scale {best.scale:g} "
-            f"(unsteered: {self.baseline.score:.3f}); hook: {', '.join(self.hook_names)}.",
+            f"(unsteered: {self.baseline.score:.3f})"
+            + (f"; hook: {', '.join(self.hook_names)}." if self.hook_names else "."),
         ]
         if examples > 0:
             lines += [
