@@ -16,10 +16,11 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    French). Each task's target is the SAE feature whose mean activation differs most (in
    pooled-std units) between the task's positive and negative texts. Vectors: CAA (mean
    last-token difference, normalised), the target's decoder row, and SAE-TS for the target.
-   ``evaluate_steering`` sweeps scales (multiples of the calibrated scale) from neutral
-   prompts; behaviour is a ``ProbeScorer`` fitted on held-out labelled texts at
-   ``blocks.9.hook_resid_post`` (a ``KeywordScorer`` of French words for French); coherence is
-   ``LikelihoodCoherenceScorer``. The metric is the max over scales of behaviour x coherence.
+   ``evaluate_steering`` sweeps scales (multiples of each vector's own calibrated scale,
+   as in the paper) from neutral prompts; behaviour is a ``ProbeScorer`` fitted on held-out
+   labelled texts at ``blocks.9.hook_resid_post`` (a ``KeywordScorer`` of French words for
+   French); coherence is ``LikelihoodCoherenceScorer``. The metric is the max over scales of
+   behaviour x coherence.
 5. Side effects: for >= 20 features (the task targets, then the measured decoder-row features
    whose effect the effect model predicts best: highest per-feature R^2 on the effect data's
    own held-out split, never the rollouts of this step; ``--side-features random``: random
@@ -230,13 +231,8 @@ def main() -> None:
     probes_dirs = probes_dirs / probes_dirs.norm(dim=1, keepdim=True)
     acts = harvest_activations(model, reference, HOOK, position="all")
     act_norm = float(acts.norm(dim=1).mean())
-    cal = calibrate_scales(
-        model,
-        probes_dirs,
-        HOOK,
-        reference_texts=reference,
-        scales=torch.logspace(math.log10(0.02 * act_norm), math.log10(2 * act_norm), 6),
-    )
+    cal_grid = torch.logspace(math.log10(0.02 * act_norm), math.log10(2 * act_norm), 6)
+    cal = calibrate_scales(model, probes_dirs, HOOK, reference_texts=reference, scales=cal_grid)
     scale = float(cal.median())
     lap("calibration")
     print(f"mean |x| at {HOOK}: {act_norm:.0f}; calibrated scale {scale:.0f}", flush=True)
@@ -327,7 +323,9 @@ def main() -> None:
     lap("held-out side effects")
     scores: dict[str, dict[str, float]] = {}
     best_scales: dict[str, dict[str, float]] = {}
-    write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings)
+    own_scales: dict[str, dict[str, float]] = {}
+    tables = (scores, best_scales, own_scales)
+    write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
 
     # --- steering tasks
     coherence = LikelihoodCoherenceScorer(model)
@@ -347,25 +345,36 @@ def main() -> None:
             vectors["SAE-TS"] = sae_ts_vector(effect_model, [feature])
         scores[task] = {"SAE-TS": math.nan}
         best_scales[task] = {"SAE-TS": math.nan}
-        for method, vector in vectors.items():
+        own_scales[task] = {"SAE-TS": math.nan}
+        # each vector's own calibrated scale (LM loss +0.5 nats), as in the paper
+        own = calibrate_scales(
+            model,
+            torch.stack([v.direction for v in vectors.values()]).float(),
+            HOOK,
+            reference_texts=reference,
+            scales=cal_grid,
+        )
+        for (method, vector), own_scale in zip(vectors.items(), own.tolist(), strict=True):
+            own_scales[task][method] = own_scale
             result = evaluate_steering(
                 model,
                 vector,
                 prompts=EVAL_PROMPTS,
-                scales=[m * scale for m in sweep],
+                scales=[m * own_scale for m in sweep],
                 behavior_scorer=behaviour,
                 coherence_scorer=coherence,
                 max_new_tokens=args.eval_tokens,
                 seed=args.seed,
             )
             scores[task][method] = result.best_score
-            best_scales[task][method] = result.best_scale / scale
+            best_scales[task][method] = result.best_scale / own_scale
         lap(f"task {task}")
-        write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings)
+        write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
 
 
-def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_scales, timings):
+def write_report(args, targets, scale, act_norm, report, wd, side, tables, timings):
     """Print the tables and write ``sae_ts.md``, ``sae_ts.json`` and ``sae_ts.png``."""
+    scores, best_scales, own_scales = tables
     tasks = list(scores)
     lines = [
         "# SAE-TS vs CAA vs SAE decoder-row steering (Gemma-3-270M)",
@@ -380,7 +389,8 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
         f"features read {'unsteered from the text' if args.readout == 'text' else 'steered'} "
         f"(held-out: {len(HELD_OUT_PROMPTS)} other prompts x {args.held_samples} samples, "
         "other seed); "
-        f"scale sweep {args.sweep} x calibrated scale {scale:.0f} "
+        f"task scale sweep {args.sweep} x each vector's calibrated scale; effects at the "
+        f"median calibrated scale {scale:.0f} "
         f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy prompts x "
         f"{args.eval_tokens} tokens).",
         "",
@@ -395,14 +405,18 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
     ]
     for task in tasks:
         f, sep = targets[task]
-        cells = [f"{scores[task][m]:.3f} (x{best_scales[task][m]:g})" for m in METHODS]
+        cells = [
+            f"{scores[task][m]:.3f} (x{best_scales[task][m]:g} of {own_scales[task][m]:.0f})"
+            for m in METHODS
+        ]
         lines.append(f"| {task} | {f} ({sep:.2f}) | " + " | ".join(cells) + " |")
     if tasks:
         means = {m: statistics.mean(scores[t][m] for t in tasks) for m in METHODS}
         lines.append("| **mean** | | " + " | ".join(f"{means[m]:.3f}" for m in METHODS) + " |")
     lines += [
         "",
-        "(x: best scale in units of the calibrated scale.)",
+        "(x: best scale in units of the vector's own calibrated scale, the scale at which it "
+        "raises the LM loss on the reference sentences by 0.5 nats; x0 = unsteered.)",
         "",
         f"## Side effects on held-out rollouts (scale {args.effect_multiplier:g} x calibrated, "
         "same for both vectors)",
@@ -457,6 +471,7 @@ def write_report(args, targets, scale, act_norm, report, wd, side, scores, best_
         targets=targets,
         scores=scores,
         best_scales=best_scales,
+        own_scales=own_scales,
         side=side,
         timings=timings,
         args={k: str(v) for k, v in vars(args).items()},
