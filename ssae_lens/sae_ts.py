@@ -331,7 +331,8 @@ def generate_tokens(
             f"uniforms must have shape (len(prompts), max_new_tokens) = "
             f"({len(prompts)}, {max_new_tokens}), got {tuple(uniforms.shape)}."
         )
-    rows = [model.to_tokens(p)[0] for p in prompts]
+    tokenized = {p: model.to_tokens(p)[0] for p in dict.fromkeys(prompts)}  # rows repeat prompts
+    rows = [tokenized[p] for p in prompts]
     width = max(len(r) for r in rows)
     device = torch.device(model.cfg.device)
     pad = model.tokenizer.pad_token_id or 0
