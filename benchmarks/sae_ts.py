@@ -24,10 +24,9 @@ Steps (CPU-sized; every size is a flag and is written into the report):
 5. Side effects: for >= 20 features (the task targets, then the measured decoder-row features
    whose effect the effect model predicts best: highest per-feature R^2 on the effect data's
    own held-out split, never the rollouts of this step; ``--side-features random``: random
-   ones), the effects of the
-   decoder row and of the SAE-TS vector are measured on held-out rollouts (other prompts,
-   other seed) and compared by ``side_effect_ratio`` (mean |non-target change| per unit
-   target change; lower is better).
+   ones), the effects of the decoder row and of the SAE-TS vector are measured on held-out
+   rollouts (other prompts, other seed) and compared by ``side_effect_ratio`` (mean
+   |non-target change| per unit target change; lower is better).
 
     python benchmarks/sae_ts.py [--quick] [--out benchmarks/results]
 """

@@ -112,7 +112,7 @@ def move_codes(
     if temperature is None:
         n = len(prototypes)
         temperature = torch.cdist(prototypes, prototypes).pow(2).sum() / max(n * (n - 1), 1)
-    temperature = torch.as_tensor(temperature, dtype=prototypes.dtype)
+    temperature = torch.as_tensor(temperature, dtype=prototypes.dtype, device=prototypes.device)
     c = codes
     for _ in range(steps):
         if loss == "distance":
