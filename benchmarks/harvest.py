@@ -31,7 +31,7 @@ from ssae_lens.models import load_model
 
 
 def sentence_pairs(n_pairs: int | None, seed: int) -> tuple[list[str], list[str]]:
-    from ssae_lens.pairs import load_pairs
+    from ssae_lens.data import load_pairs
 
     pairs = load_pairs("sentences")
     indices = list(range(len(pairs)))

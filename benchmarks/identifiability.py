@@ -61,10 +61,10 @@ from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssae_lens.data.synthetic import Nonlinearity, Values, make_synthetic_shifts
 from ssae_lens.metrics import mcc
 from ssae_lens.ssae import TrainingSSAEConfig
-from ssae_lens.synthetic import Nonlinearity, Values, make_synthetic_shifts
-from ssae_lens.training import ShuffledBatches, train_ssae
+from ssae_lens.ssae.training import ShuffledBatches, train_ssae
 
 DL_ALPHA = 0.3
 DL_FIT_ROWS = 3000

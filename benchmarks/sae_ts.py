@@ -2,7 +2,7 @@
 
 Steps (CPU-sized; every size is a flag and is written into the report):
 
-1. The reference SAE: :func:`ssae_lens.dictionary.train_reference_sae` at
+1. The reference SAE: :func:`ssae_lens.saes.reference.train_reference_sae` at
    ``blocks.6.hook_resid_post`` (trained once, then loaded from the cache).
 2. One steering scale for all unit directions: the median of :func:`calibrate_scales`
    (LM loss on reference sentences up by 0.5 nats) over a few random and decoder-row
@@ -47,10 +47,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ssae_lens._io import save_figure, write_text_atomic
+from ssae_lens._core.io import save_figure, write_text_atomic
 from ssae_lens.activations import harvest_activations
-from ssae_lens.builtin_pairs import attribute_texts, language_pairs
-from ssae_lens.dictionary import train_reference_sae
+from ssae_lens.data.builtin import attribute_texts, language_pairs
 from ssae_lens.models import cache_root, load_model
 from ssae_lens.sae_ts import (
     EffectModel,
@@ -60,6 +59,7 @@ from ssae_lens.sae_ts import (
     sae_ts_vector,
     side_effect_ratio,
 )
+from ssae_lens.saes.reference import train_reference_sae
 from ssae_lens.steering import (
     KeywordScorer,
     LikelihoodCoherenceScorer,

@@ -3,8 +3,10 @@
 ``import ssae_lens`` registers the ``"ssae"`` architecture with SAELens, so
 ``sae_lens.SAE.load_from_disk`` and ``SAE.from_pretrained`` return an :class:`SSAE`.
 
-The modules follow the pipeline: pairs -> activations -> ssae -> training ->
-metrics / synthetic -> steering.
+The subpackages follow the pipeline: ``data`` (pairs) -> ``activations`` (shifts) ->
+``ssae`` (model, training) -> ``metrics`` -> ``steering`` (vectors, applying, evaluating) and
+``sae_ts`` (SAE-targeted steering), with ``generation``, ``models`` and ``saes`` (reference
+SAELens dictionaries) beside them.
 """
 
 from ssae_lens import models
@@ -14,15 +16,27 @@ from ssae_lens.activations import (
     harvest_shifts,
     model_fingerprint,
 )
-from ssae_lens.builtin_pairs import attribute_texts
 from ssae_lens.config import ConfigError, ExperimentConfig, load_config
-from ssae_lens.dictionary import reference_corpus, train_reference_sae
-from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
+from ssae_lens.data import (
+    ConceptPairs,
+    DuplicatePairsWarning,
+    attribute_texts,
+    list_pairs,
+    load_pairs,
+    register_pairs,
+)
 from ssae_lens.publish import publish
 from ssae_lens.sae_ts import EffectModel, measure_effects, sae_ts_vector
-from ssae_lens.ssae import SSAE, SSAEConfig, TrainingSSAE, TrainingSSAEConfig
+from ssae_lens.saes import reference_corpus, train_reference_sae
+from ssae_lens.ssae import (
+    SSAE,
+    SSAEConfig,
+    SSAETrainer,
+    TrainingSSAE,
+    TrainingSSAEConfig,
+    train_ssae,
+)
 from ssae_lens.steering import SteeringVector, caa_vector, steer, steer_rows
-from ssae_lens.training import SSAETrainer, train_ssae
 
 __version__ = "0.1.0"
 
@@ -51,6 +65,7 @@ __all__ = [
     "models",
     "publish",
     "reference_corpus",
+    "register_pairs",
     "sae_ts_vector",
     "steer",
     "steer_rows",

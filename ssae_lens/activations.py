@@ -30,11 +30,9 @@ running the model. Cached activations are stored in float32 whatever the request
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +44,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ssae_lens._io import atomic_path, write_json_atomic
+from ssae_lens._core.hooks import check_hook_names, stop_at_layer
+from ssae_lens._core.io import atomic_path, write_json_atomic
+from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = [
     "PairedActivationStore",
@@ -63,8 +63,6 @@ HarvestOutput = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor,
 """Shifts, or ``(source_acts, target_acts)`` with ``return_both=True``."""
 
 _CACHE_FORMAT_VERSION = 1
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
 
 
 class PairedActivationStore:
@@ -111,7 +109,7 @@ class PairedActivationStore:
     ):
         sources, targets = _as_text_pairs(pairs)
         self.model = model
-        self.hook_names = _as_hook_list(hook_names)
+        self.hook_names = check_hook_names(model, hook_names)
         self.position = position
         self.dtype = dtype
         self.device = torch.device(device)
@@ -245,7 +243,7 @@ def harvest_activations(
     harvester = _TextHarvester(
         model,
         list(texts),
-        _as_hook_list(hook_name),
+        check_hook_names(model, hook_name),
         position,
         describe=lambda i: f"text {i}",
         batch_size=batch_size,
@@ -317,7 +315,7 @@ class _TextHarvester:
             raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}.")
         if not texts:
             raise ValueError("No texts to harvest: the dataset is empty.")
-        _check_hooks(model, hook_names)
+        check_hook_names(model, hook_names)
 
         self.model = model
         self.hook_names = hook_names
@@ -325,7 +323,7 @@ class _TextHarvester:
         self.batch_size = batch_size
         self.padding_side = padding_side or model.tokenizer.padding_side or "right"
         self.progress = progress
-        self.stop_at_layer = _stop_layer(hook_names)
+        self.stop_at_layer = stop_at_layer(hook_names)
         if prepend_bos is None:
             prepend_bos = model.cfg.default_prepend_bos
         has_bos = bool(prepend_bos) and model.tokenizer.bos_token_id is not None
@@ -432,14 +430,14 @@ class _TextHarvester:
     def _run_batch(self, batch: list[int]) -> dict[str, Tensor]:
         model = self.model
         lengths = torch.tensor([len(self.tokens[u]) for u in batch])
-        width = int(lengths.max())
-        pad_id = model.tokenizer.pad_token_id
-        tokens = torch.full((len(batch), width), 0 if pad_id is None else pad_id)
+        tokens, mask = pad_token_rows(
+            [self.tokens[u] for u in batch],
+            side=self.padding_side,
+            pad_id=model.tokenizer.pad_token_id,
+        )
+        width = tokens.shape[1]
         starts = width - lengths if self.padding_side == "left" else torch.zeros_like(lengths)
-        for row, (u, start) in enumerate(zip(batch, starts.tolist(), strict=True)):
-            tokens[row, start : start + len(self.tokens[u])] = torch.tensor(self.tokens[u])
         positions = torch.arange(width)[None, :]
-        mask = (positions >= starts[:, None]) & (positions < (starts + lengths)[:, None])
         keep = mask & (positions != starts[:, None]) if self.drop_bos else mask
         last = starts + lengths - 1
 
@@ -551,39 +549,6 @@ def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:
 
 def _describe_pair_text(i: int, n_pairs: int) -> str:
     return f"pair {i} (source)" if i < n_pairs else f"pair {i - n_pairs} (target)"
-
-
-def _as_hook_list(hook_names: str | Sequence[str]) -> list[str]:
-    names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
-    if not names:
-        raise ValueError("No hook names given; pass e.g. 'blocks.6.hook_resid_post'.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate hook names in {names}.")
-    return names
-
-
-def _check_hooks(model: HookedTransformer, hook_names: list[str]) -> None:
-    for name in hook_names:
-        if name not in model.hook_dict:
-            close = difflib.get_close_matches(name, list(model.hook_dict), n=5, cutoff=0.6)
-            hint = f" Close valid names: {close}." if close else ""
-            raise ValueError(
-                f"Unknown hook name {name!r} for this model.{hint} "
-                "All names are in model.hook_dict."
-            )
-
-
-def _stop_layer(hook_names: list[str]) -> int | None:
-    """``stop_at_layer`` that runs exactly up to the deepest hook (``None``: the whole model)."""
-    stops = []
-    for name in hook_names:
-        if match := _BLOCK_HOOK.match(name):
-            stops.append(int(match.group(1)) + 1)
-        elif name in _EMBEDDING_HOOKS:
-            stops.append(0)
-        else:
-            return None
-    return max(stops)
 
 
 def _cast(x: Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:

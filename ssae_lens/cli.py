@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from ssae_lens import models
-from ssae_lens._io import atomic_path, write_text_atomic
+from ssae_lens._core.io import atomic_path, write_text_atomic
 from ssae_lens.config import ConfigError, ExperimentConfig, load_config, save_config
 
 app = typer.Typer(
@@ -91,7 +91,7 @@ def _existing(path: Path | None, what: str) -> Path | None:
 
 
 def _load_dataset(cfg: ExperimentConfig) -> Any:
-    from ssae_lens.pairs import ConceptPairs, load_pairs
+    from ssae_lens.data import ConceptPairs, load_pairs
 
     if cfg.dataset.endswith(".jsonl"):
         return ConceptPairs.from_jsonl(_existing(Path(cfg.dataset), "pairs file"))
@@ -109,7 +109,7 @@ def harvest_to_file(cfg: ExperimentConfig, path: Path) -> Path:
     tensors: dict[str, Tensor] = {}
     meta = {"dataset": cfg.dataset, "model": cfg.model, "hook_name": cfg.hook_name}
     if cfg.dataset == "synthetic":
-        from ssae_lens.synthetic import make_synthetic_shifts
+        from ssae_lens.data.synthetic import make_synthetic_shifts
 
         data = make_synthetic_shifts(**cfg.synthetic)
         n_test = round(len(data.shifts) * cfg.harvest.test_fraction)
@@ -220,7 +220,7 @@ def train(
 
     Example: ssae-lens train configs/binary.yaml --set seeds=[0,1] --set train.training_steps=500
     """
-    from ssae_lens.training import train_ssae
+    from ssae_lens.ssae.training import train_ssae
 
     cfg = _experiment(config, set_)
     tensors, meta = _shifts_for(cfg, shifts)

@@ -26,8 +26,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from ssae_lens._io import write_text_atomic
-from ssae_lens.ssae import TrainingSSAEConfig
+from ssae_lens._core.io import write_text_atomic
+from ssae_lens.ssae.model import TrainingSSAEConfig
 
 __all__ = [
     "ConfigError",
@@ -98,9 +98,10 @@ class PublishSection:
 class ExperimentConfig:
     """One experiment: a model, a hook point, a pairs dataset and what to do with them.
 
-    ``dataset`` is a built-in name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
-    pairs file, or ``"synthetic"`` (shifts from :func:`ssae_lens.synthetic.make_synthetic_shifts`
-    with the ``synthetic:`` options; no model is run).
+    ``dataset`` is a registered name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
+    pairs file, or ``"synthetic"`` (shifts from
+    :func:`ssae_lens.data.synthetic.make_synthetic_shifts` with the ``synthetic:`` options; no
+    model is run).
     """
 
     model: str = "gemma-3-270m"
@@ -122,13 +123,13 @@ class ExperimentConfig:
             raise ConfigError("train.d_sae is required: the number of SSAE code units.")
         self.training_config(d_in=1)  # validates the values (choices, ranges) now
         if self.dataset == "synthetic":
-            from ssae_lens.synthetic import make_synthetic_shifts
+            from ssae_lens.data.synthetic import make_synthetic_shifts
 
             self.synthetic = _coerce_function_kwargs(
                 self.synthetic, make_synthetic_shifts, "synthetic"
             )
         elif not self.dataset.endswith((".jsonl", ".csv")):
-            from ssae_lens.pairs import list_pairs
+            from ssae_lens.data import list_pairs
 
             names = [*list_pairs(), "synthetic"]
             if self.dataset not in names:

@@ -23,8 +23,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
+from ssae_lens._core.io import save_figure, write_json_atomic, write_text_atomic
 from ssae_lens.activations import harvest_shifts
+from ssae_lens.data import load_pairs
 from ssae_lens.metrics import (
     concept_directions,
     matched_cosine,
@@ -33,10 +34,9 @@ from ssae_lens.metrics import (
     steering_accuracy,
 )
 from ssae_lens.models import cache_root, load_model
-from ssae_lens.pairs import load_pairs
-from ssae_lens.ssae import SSAE, TrainingSSAEConfig
+from ssae_lens.ssae.model import SSAE, TrainingSSAEConfig
+from ssae_lens.ssae.training import load_or_train_ssae
 from ssae_lens.steering import SteeringVector, steer
-from ssae_lens.training import load_or_train_ssae
 
 CONCEPT_NAMES = {"language": "French", "gender": "feminine"}
 

@@ -9,7 +9,7 @@ seeds) and the baselines are fitted on the training pairs:
 - ``mean-diff``: the mean training shift, one direction for every pair;
 - ``supervised``: the reference directions themselves (an upper reference, not a method);
 - ``SAE``: a standard SAELens SAE trained on *single* activations (every token of the
-  training texts, :func:`~ssae_lens.dictionary.train_reference_sae`); its code of a shift is
+  training texts, :func:`~ssae_lens.saes.reference.train_reference_sae`); its code of a shift is
   ``encode(z~) - encode(z)`` and its columns are decoder rows.
 
 Each method yields unit directions ``(k, d)`` and codes of the held-out shifts. Metrics:
@@ -49,10 +49,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
+from ssae_lens._core.io import save_figure, write_json_atomic, write_text_atomic
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.config import save_config
-from ssae_lens.dictionary import train_reference_sae
+from ssae_lens.data import ConceptPairs, load_pairs
 from ssae_lens.metrics import (
     concept_directions,
     label_mcc,
@@ -62,9 +62,9 @@ from ssae_lens.metrics import (
     steering_accuracy,
 )
 from ssae_lens.models import cache_root, load_model
-from ssae_lens.pairs import ConceptPairs, load_pairs
-from ssae_lens.ssae import TrainingSSAEConfig
-from ssae_lens.training import load_or_train_ssae
+from ssae_lens.saes.reference import train_reference_sae
+from ssae_lens.ssae.model import TrainingSSAEConfig
+from ssae_lens.ssae.training import load_or_train_ssae
 
 METHODS = ("SSAE", "SSAE (0.1)", "aff", "PCA", "ICA", "mean-diff", "SAE", "supervised")
 

@@ -188,7 +188,7 @@ def test_return_both_and_single_texts_agree(tiny_model):
 
 
 def test_concept_pairs_input(tiny_model):
-    pairs_module = pytest.importorskip("ssae_lens.pairs")
+    pairs_module = pytest.importorskip("ssae_lens.data.pairs")
     pairs = pairs_module.ConceptPairs(sources=SOURCES[:4], targets=TARGETS[:4])
     from_object = harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post", progress=False)
     from_tuple = harvest_shifts(
@@ -351,7 +351,7 @@ def test_model_fingerprint_tracks_weights(tiny_model, tiny_tokenizer):
 
 @pytest.mark.slow
 def test_language_pairs_on_gemma(gemma, tmp_path):
-    from ssae_lens.pairs import load_pairs
+    from ssae_lens.data import load_pairs
 
     pairs = load_pairs("language")
     hook = "blocks.6.hook_resid_post"

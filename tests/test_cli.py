@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from ssae_lens import cli, models
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict
+from ssae_lens.data import load_pairs
 from ssae_lens.metrics import seed_agreement_mcc
-from ssae_lens.pairs import load_pairs
 from ssae_lens.steering import SteeringVector, steer
 
 HOOK = "blocks.1.hook_resid_post"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from sae_lens import SAE
 
-import ssae_lens.dictionary as dictionary
+import ssae_lens.saes.reference as dictionary
 from ssae_lens.activations import harvest_activations
-from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
-from ssae_lens.dictionary import CORPUS_PROMPTS, reference_corpus, train_reference_sae
+from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.saes.reference import CORPUS_PROMPTS, reference_corpus, train_reference_sae
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -97,7 +97,7 @@ def test_reference_corpus_parts(tiny_model):
 def test_bad_settings_name_the_fix(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="'topk' or 'standard'"):
         train_reference_sae(tiny_model, HOOK, architecture="jumprelu", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="Did you mean"):
+    with pytest.raises(ValueError, match="Closest valid names"):
         train_reference_sae(tiny_model, "blocks.1.hook_resid_pst", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
         train_reference_sae(tiny_model, HOOK, n_tokens=8, batch_size=16, cache_dir=tmp_path)

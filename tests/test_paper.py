@@ -11,8 +11,8 @@ import torch
 import yaml
 
 import ssae_lens.paper as paper
+from ssae_lens.data.pairs import ConceptPairs
 from ssae_lens.metrics import regression_directions
-from ssae_lens.pairs import ConceptPairs
 from ssae_lens.paper import Cell, Data, Fit, PaperConfig, Study
 
 ROOT = Path(__file__).parents[1]

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-import ssae_lens.sae_ts as sae_ts
+import ssae_lens.sae_ts.calibration as sae_ts_calibration
+import ssae_lens.sae_ts.effects as sae_ts_effects
 from ssae_lens.sae_ts import (
     EffectModel,
     calibrate_scales,
@@ -109,7 +110,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
     reference = effects(tiny_model, tiny_sae, dirs, chunk_size=1)
 
     calls = {"n": 0}
-    original = sae_ts.generate_tokens
+    original = sae_ts_effects.generate_tokens
 
     def failing_generate(*args, **kwargs):
         calls["n"] += 1
@@ -117,7 +118,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sae_ts, "generate_tokens", failing_generate)
+    monkeypatch.setattr(sae_ts_effects, "generate_tokens", failing_generate)
     with pytest.raises(KeyboardInterrupt):
         effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path)
     written = sorted(p.name for p in tmp_path.iterdir())
@@ -133,7 +134,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
 
 
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
-    with pytest.raises(ValueError, match="close names"):
+    with pytest.raises(ValueError, match="Closest valid names"):
         effects(tiny_model, tiny_sae, unit_directions(1), hook_name="blocks.1.hook_resid_pots")
     with pytest.raises(ValueError, match="do_sample=True"):
         effects(tiny_model, tiny_sae, unit_directions(1), n_samples=2)
@@ -161,7 +162,7 @@ def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
         c = directions[:, 0].abs()[:, None]
         return base + c * sweep[None] ** 2
 
-    monkeypatch.setattr(sae_ts, "_steered_losses", stub_losses)
+    monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)
     dirs = torch.zeros(2, 32)
     dirs[0, 0], dirs[1, 0] = 0.5, 1e-4
     with pytest.warns(UserWarning, match=r"directions \[1\]"):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ssae_lens import TrainingSSAEConfig, train_ssae
+from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.synthetic import make_synthetic_shifts
-from ssae_lens.training import ShuffledBatches
+from ssae_lens.ssae.training import ShuffledBatches
 
 
 def test_defaults_recover_concepts_on_synthetic_shifts():

@@ -54,7 +54,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from ssae_lens.steering.vector import SteeringVector, hook_width, resolve_hook_name
+from ssae_lens._core.hooks import check_steerable_hook, hook_width
+from ssae_lens.steering.vector import SteeringVector
 
 Operator = Literal["add", "ablate_then_add", "projection_cap"]
 PositionSelector = (
@@ -254,7 +255,7 @@ def _resolve(
         if scale is None:
             scale = 1.0
         label = "tensor"
-    resolve_hook_name(model, hook_name)
+    check_steerable_hook(model, hook_name)
     if isinstance(vector, SteeringVector):
         vector.check_compatible(model)
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ssae_lens._io import save_figure
+from ssae_lens._core.io import save_figure
 from ssae_lens.steering.apply import POSITION_NAMES, steer
 from ssae_lens.steering.scorers import LikelihoodCoherenceScorer, Scorer
 from ssae_lens.steering.vector import SteeringVector

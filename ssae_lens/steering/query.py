@@ -44,7 +44,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ssae_lens.steering.vector import resolve_hook_name
+from ssae_lens._core.hooks import check_steerable_hook
 
 QueryLoss = Literal["prototype", "distance"]
 
@@ -171,7 +171,7 @@ def _query_hook(model: Any, sae: Any, hook_name: str | None) -> str:
         raise ValueError(
             "The SAE has no cfg.metadata.hook_name; pass hook_name='blocks.L.attn.hook_q'."
         )
-    hook = resolve_hook_name(model, hook)
+    hook = check_steerable_hook(model, hook)
     if not hook.endswith("attn.hook_q"):
         raise ValueError(f"Query steering needs an attn.hook_q hook, got {hook!r}.")
     width = model.cfg.n_heads * model.cfg.d_head

@@ -13,7 +13,6 @@ else, human readable)::
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import warnings
@@ -26,28 +25,12 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ssae_lens._io import atomic_path, write_text_atomic
+from ssae_lens._core.hooks import check_steerable_hook, dictionary_hook_name, hook_width
+from ssae_lens._core.io import atomic_path, write_text_atomic
 
 VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
 VECTOR_METADATA_FILENAME = "vector.json"
 _FORMAT_VERSION = 1
-
-# Hook points whose activations are [batch, pos, ...] inside the transformer blocks, by
-# the width of their flattened trailing dimensions. Other hook points are checked when
-# the first activation arrives.
-_D_MODEL_HOOKS = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_out",
-    "hook_mlp_in",
-    "hook_normalized",
-)
-_HEADS_HOOKS = ("attn.hook_q", "attn.hook_z", "attn.hook_rot_q")
-_MLP_HOOKS = ("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")
-# Hook points that cannot be steered position by position.
-_NOT_POSITIONAL = ("hook_attn_scores", "hook_pattern")
 
 
 class SteeringCompatibilityWarning(UserWarning):
@@ -240,7 +223,7 @@ class SteeringVector:
                 provenance[key] = metadata.get(key)
         return cls(
             direction,
-            _hook_from_dictionary(sae, hook_name),
+            dictionary_hook_name(sae, hook_name),
             model_name=metadata.model_name,
             method="sae",
             normalized=abs(norm - 1.0) < 1e-4,
@@ -266,7 +249,7 @@ class SteeringVector:
                 provenance[key] = metadata.get(key)
         return cls(
             direction,
-            _hook_from_dictionary(ssae, hook_name),
+            dictionary_hook_name(ssae, hook_name),
             model_name=metadata.model_name,
             method="ssae",
             normalized=True,
@@ -327,7 +310,7 @@ class SteeringVector:
 
     def check_compatible(self, model: Any, *, strict: bool = False) -> None:
         """Check that this vector can steer ``model`` (see :meth:`load`)."""
-        resolve_hook_name(model, self.hook_name)
+        check_steerable_hook(model, self.hook_name)
         expected = hook_width(model, self.hook_name)
         if expected is not None and expected != self.d:
             raise ValueError(
@@ -345,50 +328,3 @@ class SteeringVector:
             if strict:
                 raise ValueError(message)
             warnings.warn(message, SteeringCompatibilityWarning, stacklevel=3)
-
-
-def resolve_hook_name(model: Any, hook_name: str) -> str:
-    """Check that ``hook_name`` is a steerable hook point of ``model``; return it."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None:
-        raise TypeError(
-            f"Steering needs a TransformerLens HookedTransformer, got {type(model).__name__}."
-        )
-    if hook_name not in hook_dict:
-        close = difflib.get_close_matches(hook_name, list(hook_dict), n=5, cutoff=0.6)
-        hint = f" Did you mean one of {close}?" if close else " See model.hook_dict for names."
-        raise ValueError(f"Unknown hook point {hook_name!r} for this model.{hint}")
-    if not hook_name.startswith(("blocks.", "ln_final.")):
-        raise ValueError(
-            f"Cannot steer at {hook_name!r}: generate() embeds tokens outside the forward "
-            "pass, so steering there would skip decode steps. Use 'blocks.0.hook_resid_pre', "
-            "which is the same activation as the embedding output."
-        )
-    if hook_name.endswith(_NOT_POSITIONAL):
-        raise ValueError(
-            f"Cannot steer at {hook_name!r}: its activations are [batch, head, query, key], "
-            "not [batch, pos, ...]. Steer at 'attn.hook_z' or a residual hook point."
-        )
-    return hook_name
-
-
-def hook_width(model: Any, hook_name: str) -> int | None:
-    """Width of the flattened activation at ``hook_name`` from ``model.cfg``, if known."""
-    cfg = model.cfg
-    if hook_name.endswith(_D_MODEL_HOOKS):
-        return cfg.d_model
-    if hook_name.endswith(_HEADS_HOOKS):
-        return cfg.n_heads * cfg.d_head
-    if hook_name.endswith(_MLP_HOOKS):
-        return cfg.d_mlp
-    return None
-
-
-def _hook_from_dictionary(sae: Any, hook_name: str | None) -> str:
-    hook_name = hook_name or sae.cfg.metadata.hook_name
-    if not hook_name:
-        raise ValueError(
-            f"{type(sae).__name__}.cfg.metadata.hook_name is not set: pass hook_name=... "
-            "(the hook point the dictionary was trained on)."
-        )
-    return hook_name

@@ -47,13 +47,13 @@ from sae_lens.training.sae_trainer import SAETrainer
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ssae_lens._io import write_json_atomic
+from ssae_lens._core.hooks import check_hook_names
+from ssae_lens._core.io import write_json_atomic
 from ssae_lens.activations import harvest_activations, model_fingerprint
-from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.generation import generate_tokens
 from ssae_lens.models import cache_root, load_model
-from ssae_lens.sae_ts import generate_tokens
-from ssae_lens.steering.vector import resolve_hook_name
-from ssae_lens.training import ShuffledBatches
+from ssae_lens.ssae.training import ShuffledBatches
 
 __all__ = ["CORPUS_PROMPTS", "reference_corpus", "train_reference_sae"]
 
@@ -99,7 +99,7 @@ def reference_corpus(
         n_generated: sampled continuations (temperature 1) of :data:`CORPUS_PROMPTS`, cycled.
         generated_tokens: tokens per continuation.
         n_sentences: templated sentence pairs (both sides kept) from
-            :func:`ssae_lens.builtin_pairs.sentence_pairs` over all attributes.
+            :func:`ssae_lens.data.builtin.sentence_pairs` over all attributes.
         seed: seed of the sampling and of the sentence draw.
         batch_size: continuations per ``generate`` call.
 
@@ -194,7 +194,7 @@ def train_reference_sae(
     if texts is not None and (isinstance(texts, str) or not texts):
         raise ValueError("texts must be a non-empty list of strings (wrap one text: [text]).")
     model = load_model(model_name, device=device)
-    hook_name = resolve_hook_name(model, hook_name)
+    hook_name = check_hook_names(model, hook_name)[0]
 
     settings = dict(
         format_version=_FORMAT_VERSION,

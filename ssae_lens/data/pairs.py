@@ -17,7 +17,9 @@ A concept missing from a pair's dict is unchanged. A concept must be numeric in 
 categorical in every pair. :meth:`ConceptPairs.label_matrix` turns labels into one numeric
 column per concept (or per categorical value) for metrics.
 
-Built-in datasets are listed by :func:`list_pairs` and loaded by :func:`load_pairs`.
+Named datasets (the built-ins and any registered by users) are listed by
+:func:`~ssae_lens.data.registry.list_pairs` and loaded by
+:func:`~ssae_lens.data.registry.load_pairs`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ssae_lens._io import write_text_atomic
+from ssae_lens._core.io import write_text_atomic
 
 LabelValue = int | float | tuple[str, str]
 PairLabels = dict[str, LabelValue]
@@ -686,29 +688,3 @@ def _parse_number(cell: str | None, where: str) -> int | float | None:
             f"{where} holds {cell!r}; CSV label columns must be numbers (signed changes). "
             "Use JSONL for categorical labels."
         ) from None
-
-
-def list_pairs() -> dict[str, str]:
-    """The built-in datasets: ``{name: one-line description}``."""
-    # Imported here: the generators module builds on ConceptPairs defined above.
-    from ssae_lens.builtin_pairs import BUILTIN_PAIRS
-
-    return {name: spec.description for name, spec in BUILTIN_PAIRS.items()}
-
-
-def load_pairs(name: str, **options: Any) -> ConceptPairs:
-    """Load a built-in dataset by name (see :func:`list_pairs`).
-
-    Args:
-        name: ``language``, ``gender``, ``binary``, ``corr``, ``categorical`` or ``sentences``.
-        options: generator options, e.g. ``load_pairs("categorical", n=30_000, seed=1)``.
-    """
-    from ssae_lens.builtin_pairs import BUILTIN_PAIRS
-
-    if name not in BUILTIN_PAIRS:
-        close = difflib.get_close_matches(str(name), BUILTIN_PAIRS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(
-            f"Unknown dataset {name!r}; {hint}valid names: {', '.join(BUILTIN_PAIRS)}."
-        )
-    return BUILTIN_PAIRS[name].load(**options)

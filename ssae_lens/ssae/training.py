@@ -31,8 +31,8 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssae_lens._io import write_json_atomic, write_text_atomic
-from ssae_lens.ssae import SSAE, TrainingSSAE, TrainingSSAEConfig
+from ssae_lens._core.io import write_json_atomic, write_text_atomic
+from ssae_lens.ssae.model import SSAE, TrainingSSAE, TrainingSSAEConfig
 
 DATA_STATE_FILENAME = "data_provider_state.json"
 HISTORY_FILENAME = "history.jsonl"
