@@ -58,7 +58,7 @@ def _import_without_package_init() -> None:
     """Let ``import ssae_lens.distributed`` skip ``ssae_lens/__init__.py``.
 
     The package's ``__init__`` imports TransformerLens (about 6 s of CPU per process on the
-    test machine); ``ssae_lens.distributed`` needs only torch, safetensors and ``_io``.
+    test machine); ``ssae_lens.distributed`` needs only torch, safetensors and ``_core.io``.
     """
     package = types.ModuleType("ssae_lens")
     package.__path__ = [str(Path(__file__).resolve().parents[1] / "ssae_lens")]
