@@ -3,9 +3,10 @@
 PyTorch's own ``torch.distributed`` does the communication (gloo on CPU, NCCL on CUDA with a
 gloo group beside it for control messages). Work is a list of ``n_items`` items cut into
 chunks of ``chunk_size`` consecutive items. Every rank computes its share of the chunks not
-yet on disk and writes each chunk to a :class:`ChunkStore` folder; the files are keyed by
-item range, so the folder is the same whatever the number of processes, a single process
-uses the same store, and a killed run resumes from the chunks already written.
+yet on disk and writes each chunk to a :class:`~ssae_lens._core.cache.ChunkStore` folder (the
+package's one chunked cache); the files are keyed by item range, so the folder is the same
+whatever the number of processes, a single process uses the same store, and a killed run
+resumes from the chunks already written.
 
 Typical use, the same script for ``python script.py`` and ``torchrun --nproc_per_node=N
 script.py``::
@@ -19,27 +20,22 @@ script.py``::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ssae_lens._io import atomic_path, write_json_atomic
+from ssae_lens._core.cache import ChunkStore
 
 TIMEOUT_ENV = "SSAE_LENS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-_STORE_FORMAT = 1
-_MANIFEST = "manifest.json"
 
 # The gloo group that process_group() creates beside an NCCL default group; None otherwise.
 _control_group: dist.ProcessGroup | None = None
@@ -183,112 +179,6 @@ def shard(n_items: int, rank: int, world_size: int) -> range:
     return range(rank, n_items, world_size)
 
 
-class ChunkStore:
-    """A folder of safetensors chunks keyed by item range, and a manifest of their settings.
-
-    Chunk ``[start, stop)`` is ``chunk_<start>_<stop>.safetensors``, written atomically, so
-    a file exists only when complete: the files are the record of progress and no shared
-    list is ever rewritten by two ranks. ``manifest.json`` holds the layout (``n_items``,
-    ``chunk_size``) and the caller's ``settings`` (JSON values); opening a folder made with
-    other values raises. With several machines the folder must be on a file system every
-    rank sees.
-    """
-
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        settings: Mapping[str, Any],
-        n_items: int,
-        chunk_size: int,
-    ):
-        if n_items < 1 or chunk_size < 1:
-            raise ValueError(f"n_items and chunk_size must be >= 1, got {n_items}, {chunk_size}.")
-        self.folder = Path(folder)
-        self.n_items = int(n_items)
-        self.chunk_size = int(chunk_size)
-        try:
-            self.settings = json.loads(json.dumps(dict(settings)))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"ChunkStore settings must be JSON values: {exc}") from None
-        step = self.chunk_size
-        self.chunks = [range(a, min(a + step, self.n_items)) for a in range(0, self.n_items, step)]
-
-    def _manifest(self) -> dict[str, Any]:
-        layout = {"format": _STORE_FORMAT, "n_items": self.n_items, "chunk_size": self.chunk_size}
-        return {"layout": layout, "settings": self.settings}
-
-    def open(self) -> None:
-        """Write the manifest, or check that the one there matches (run this on one rank)."""
-        path = self.folder / _MANIFEST
-        wanted = self._manifest()
-        if not path.is_file():
-            write_json_atomic(path, wanted)
-            return
-        stored = json.loads(path.read_text())
-        changed = [
-            f"{section}.{key}"
-            for section in ("layout", "settings")
-            for key in sorted(wanted[section].keys() | stored.get(section, {}).keys())
-            if wanted[section].get(key) != stored.get(section, {}).get(key)
-        ]
-        if changed:
-            raise ValueError(
-                f"The chunk store {str(self.folder)!r} was made with other settings "
-                f"({', '.join(changed)} differ): pass a new folder or delete this one."
-            )
-
-    def path(self, items: range) -> Path:
-        """The file of the chunk holding ``items``."""
-        return self.folder / f"chunk_{items.start:010d}_{items.stop:010d}.safetensors"
-
-    def pending(self) -> list[range]:
-        """The chunks with no file yet, in item order."""
-        return [items for items in self.chunks if not self.path(items).is_file()]
-
-    def write(self, items: range, tensors: Mapping[str, Tensor]) -> None:
-        """Save one chunk's tensors (each with a leading dimension) atomically, on the CPU."""
-        if items not in self.chunks:
-            raise ValueError(
-                f"{items} is not a chunk of this store (chunk size {self.chunk_size})."
-            )
-        if not isinstance(tensors, Mapping):
-            raise TypeError(
-                f"compute({items}) must return a dict of tensors, got {type(tensors).__name__}."
-            )
-        bad = {
-            k: tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            for k, t in tensors.items()
-            if not (isinstance(t, Tensor) and t.dim() >= 1)
-        }
-        if not tensors or bad:
-            raise ValueError(
-                f"compute({items}) must return a non-empty dict of tensors with a leading "
-                f"dimension; got {len(tensors)} entries, these not fitting: {bad}."
-            )
-        cpu = {str(k): t.detach().to("cpu").contiguous() for k, t in tensors.items()}
-        with atomic_path(self.path(items), suffix=".safetensors") as tmp:
-            save_file(cpu, tmp)
-
-    def merge(self) -> dict[str, Tensor]:
-        """All chunks concatenated along dimension 0 in item order."""
-        missing = self.pending()
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} chunks are missing from {str(self.folder)!r} (first: items "
-                f"{missing[0].start}..{missing[0].stop - 1}). If every rank finished, the "
-                "folder is not shared between them: put it on a file system all ranks see."
-            )
-        parts = [load_file(self.path(items)) for items in self.chunks]
-        names = set(parts[0])
-        for items, part in zip(self.chunks, parts, strict=True):
-            if set(part) != names:
-                raise ValueError(
-                    f"Chunk {self.path(items).name} holds {sorted(part)} but the first chunk "
-                    f"holds {sorted(names)}: compute must return the same names for every chunk."
-                )
-        return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-
-
 def _collective_error(ctx: DistributedContext, what: str, exc: Exception) -> DistributedError:
     return DistributedError(
         f"rank {ctx.rank}/{ctx.world_size}: {what} failed: not every rank arrived within "
@@ -352,9 +242,10 @@ def run_sharded(
     Rank 0 opens the store and lists the chunks without a file; every rank computes
     ``compute(items)`` for its strided share of that list (:func:`shard`) and writes each
     result as soon as it is done; after a barrier the chunks are read back and concatenated
-    in item order (:meth:`ChunkStore.merge`). The result therefore depends only on
-    ``compute`` and the chunk layout, not on the number of ranks or on how often the run was
-    interrupted, and no chunk on disk is computed again.
+    in item order (:meth:`ChunkStore.merge`; a chunk whose file fails its checksum is computed
+    again there). The result therefore depends only on ``compute`` and the chunk layout, not
+    on the number of ranks or on how often the run was interrupted, and no valid chunk on disk
+    is computed again.
 
     Args:
         compute: maps a range of item indices to tensors whose first dimension runs over the
@@ -395,4 +286,4 @@ def run_sharded(
     barrier(ctx, "the barrier after computing the chunks")
     if not (all_ranks or ctx.is_main):
         return None
-    return store.merge()
+    return store.merge(compute)
