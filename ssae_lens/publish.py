@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from sae_lens import SAE
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ssae_lens._core.io import atomic_dir, write_text_atomic
 from ssae_lens.models import cache_root
 
 __all__ = ["model_card", "publish"]
@@ -78,7 +77,7 @@ def publish(
     folder.mkdir(parents=True, exist_ok=True)
     _write_sae(sae, folder / sae_id, sparsity)
     card = model_card(sae, repo_id, sae_id, card_info or {})
-    _write_text(folder / CARD_FILENAME, card)
+    write_text_atomic(folder / CARD_FILENAME, card)
     if dry_run:
         return folder
     if api is None:
@@ -154,28 +153,14 @@ def _default_dir(repo_id: str) -> Path:
 
 def _write_sae(sae: SAE, target: Path, sparsity: Tensor | None) -> None:
     """Save into a sibling temp folder, then swap it in, so ``target`` is never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    if sparsity is not None:
+        sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
+        if sparsity.shape != (sae.cfg.d_sae,):
+            raise ValueError(
+                f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
+                f"got {tuple(sparsity.shape)}."
+            )
+    with atomic_dir(target, exists="replace") as tmp:
         sae.save_model(tmp)
         if sparsity is not None:
-            sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
-            if sparsity.shape != (sae.cfg.d_sae,):
-                raise ValueError(
-                    f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
-                    f"got {tuple(sparsity.shape)}."
-                )
             save_file({"sparsity": sparsity}, str(tmp / SPARSITY_FILENAME))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
