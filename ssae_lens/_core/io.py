@@ -4,19 +4,19 @@ A file (or folder) is written under a temporary name beside its destination and 
 place with ``os.replace``, so a reader never sees a half-written result and a killed process
 never destroys the previous version.
 
-Temporary files and folders are created with ``os.open(..., 0o666)`` and ``os.mkdir(...,
-0o777)``, so the kernel applies the user's umask (and any default ACL) exactly as for an
-ordinary ``open``; ``tempfile.mkstemp``/``mkdtemp`` would make every result private (0600 /
-0700). No process-wide state (such as the umask) is read or changed.
+Before the move, the result gets the permissions an ordinary ``open``/``mkdir`` would give it
+(``0o666``/``0o777`` less the user's umask): ``mkstemp``/``mkdtemp`` create private 0600/0700
+entries, and so does safetensors' ``save_file`` (which SAELens's ``save_model`` uses), so a
+lab's shared runs and caches would otherwise be unreadable to colleagues.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -27,25 +27,34 @@ DirPolicy = Literal["replace", "keep"]
 """What :func:`atomic_dir` does when the destination exists once the new folder is complete."""
 
 
-def _new_sibling(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
-    """Create a fresh ``.<name>.<random><suffix>`` next to ``path`` with ``create``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        candidate = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
-        try:
-            create(candidate)
-        except FileExistsError:
-            continue
-        return candidate
-    raise FileExistsError(f"Could not create a temporary name next to {str(path)!r}.")
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    # Elsewhere it can only be read by setting it. A restrictive value for that instant means a
+    # file another thread creates meanwhile is private rather than world-writable.
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
-def _create_file(path: Path) -> None:
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-
-
-def _create_dir(path: Path) -> None:
-    os.mkdir(path, 0o777)
+def _share(path: Path) -> None:
+    """Give ``path`` (and everything in it) the modes ``open``/``mkdir`` would have given."""
+    mask = _umask()
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~mask)
+        return
+    for root, _, files in os.walk(path):
+        os.chmod(root, 0o777 & ~mask)
+        for name in files:
+            file = os.path.join(root, name)
+            if not os.path.islink(file):
+                os.chmod(file, 0o666 & ~mask)
 
 
 @contextmanager
@@ -56,9 +65,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     ``suffix`` keeps an extension for writers that infer the format from it.
     """
     path = Path(path)
-    tmp = _new_sibling(path, suffix, _create_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
+        _share(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -80,9 +93,11 @@ def atomic_dir(path: str | os.PathLike, *, exists: DirPolicy) -> Iterator[Path]:
     if exists not in ("replace", "keep"):
         raise ValueError(f"exists must be 'replace' or 'keep', got {exists!r}.")
     path = Path(path)
-    tmp = _new_sibling(path, ".tmp", _create_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _share(tmp)
         if not os.path.lexists(path):
             try:
                 os.replace(tmp, path)
@@ -92,7 +107,7 @@ def atomic_dir(path: str | os.PathLike, *, exists: DirPolicy) -> Iterator[Path]:
                     raise
         if exists == "replace":
             if path.is_dir() and not path.is_symlink():
-                aside = _new_sibling(path, ".old", _create_dir)
+                aside = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old")
                 os.replace(path, aside)  # onto the empty placeholder folder
                 os.replace(tmp, path)
                 shutil.rmtree(aside, ignore_errors=True)
