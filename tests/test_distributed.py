@@ -133,34 +133,20 @@ def test_single_process_run_matches_a_plain_loop_and_resumes(tmp_path):
     assert not [p for p in (tmp_path / "s").iterdir() if p.name.startswith(".")]  # no temp files
 
 
-def test_store_refuses_other_settings_or_layout(tmp_path):
-    ChunkStore(tmp_path, {"seed": 0, "n": [1, 2]}, 10, 4).open()
-    ChunkStore(tmp_path, {"n": (1, 2), "seed": 0}, 10, 4).open()  # same JSON: accepted
-    with pytest.raises(ValueError, match=r"settings\.seed differ.*new folder"):
-        ChunkStore(tmp_path, {"seed": 1, "n": [1, 2]}, 10, 4).open()
-    with pytest.raises(ValueError, match=r"layout\.chunk_size, settings\.extra differ"):
-        ChunkStore(tmp_path, {"seed": 0, "n": [1, 2], "extra": 1}, 10, 5).open()
-    with pytest.raises(ValueError, match="JSON"):
-        ChunkStore(tmp_path, {"model": object()}, 10, 4)
-    with pytest.raises(ValueError, match="n_items and chunk_size must be >= 1"):
-        ChunkStore(tmp_path, {}, 0, 4)
+def test_rerun_recomputes_a_damaged_chunk(tmp_path):
+    from ssae_lens._core.cache import CacheWarning
 
-
-def test_store_checks_what_compute_returns(tmp_path):
-    store = ChunkStore(tmp_path, {}, 4, 2)
-    store.open()
-    with pytest.raises(TypeError, match="dict of tensors"):
-        store.write(range(0, 2), torch.zeros(2))
-    with pytest.raises(ValueError, match=r"leading dimension.*'s': \(\)"):
-        store.write(range(0, 2), {"s": torch.tensor(1.0)})
-    with pytest.raises(ValueError, match="not a chunk"):
-        store.write(range(1, 3), {"x": torch.zeros(2)})
-    store.write(range(0, 2), {"x": torch.zeros(2)})
-    with pytest.raises(FileNotFoundError, match="1 chunks are missing.*items 2..3"):
-        store.merge()
-    store.write(range(2, 4), {"y": torch.zeros(2)})
-    with pytest.raises(ValueError, match="same names for every chunk"):
-        store.merge()
+    store = ChunkStore(tmp_path / "s", {"task": "rows"}, N_ITEMS, CHUNK)
+    run_sharded(item_rows, store, ctx=_single())
+    damaged = store.path(range(9, 12))
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1  # one bit of the payload
+    damaged.write_bytes(bytes(data))
+    compute, calls = _counting(item_rows)
+    with pytest.warns(CacheWarning, match=damaged.name):
+        result = run_sharded(compute, store, ctx=_single())
+    assert calls == [(9, 12)]
+    assert torch.equal(result["rows"], item_rows(range(N_ITEMS))["rows"])
 
 
 def test_single_process_error_propagates_unchanged(tmp_path):
