@@ -391,9 +391,11 @@ def test_cache_is_refused_under_steering(tiny_model, tmp_path):
             cached_shifts(tiny_model, tmp_path)
         steered = fresh_shifts(tiny_model)  # without a cache it runs, under the steering
     assert not torch.allclose(steered, fresh_shifts(tiny_model))  # what a cache hit would hide
-    with tiny_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: None)]):
-        with pytest.raises(RuntimeError, match=r"hook_embed \(1\)"):
-            cached_shifts(tiny_model, tmp_path)
+    with (
+        tiny_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: None)]),
+        pytest.raises(RuntimeError, match=r"hook_embed \(1\)"),
+    ):
+        cached_shifts(tiny_model, tmp_path)
 
 
 def test_weight_edit_after_harvest_is_not_served_from_cache(tiny_tokenizer, tmp_path):
