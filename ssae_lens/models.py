@@ -28,6 +28,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
+from ssae_lens._core.io import write_json_atomic
 
 __all__ = ["EMBEDDED_MODELS", "cache_root", "load_model"]
 
@@ -35,6 +36,9 @@ EMBEDDED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Embedded model names and the TransformerLens architecture name each one is loaded as."""
 
 _FORMAT_VERSION = 2  # 2: a verified cache folder (file sha256s)
+# The manifest of format 1, still written so that older ssae-lens versions sharing the cache
+# folder accept a checkpoint converted by this one.
+_FORMAT_1_MANIFEST = "ssae_lens_model.json"
 
 
 def cache_root() -> Path:
@@ -128,6 +132,7 @@ def _embedded_checkpoint(name: str, models_dir: Path) -> Path:
     if not is_cached(folder, settings):
         with write_cached_folder(folder, settings) as build:
             _convert_gguf(package, build)
+            write_json_atomic(build / _FORMAT_1_MANIFEST, {**settings, "format_version": 1})
     return folder
 
 

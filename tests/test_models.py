@@ -81,7 +81,8 @@ def test_conversion_is_moved_into_place_once(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["gemma-3-270m"]
     manifest = json.loads((folder / "ssae_lens_cache.json").read_text())
     assert manifest["settings"]["source_sha256"] == FakeGGUFPackage.EXPECTED_SHA256
-    assert set(manifest["files"]) == {"model.safetensors", "tokenizer.json"}
+    assert set(manifest["files"]) == {"model.safetensors", "tokenizer.json", "ssae_lens_model.json"}
+    assert json.loads((folder / "ssae_lens_model.json").read_text())["format_version"] == 1
 
 
 def test_losing_a_conversion_race_reuses_the_winner(monkeypatch, tmp_path):
