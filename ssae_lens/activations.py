@@ -17,7 +17,8 @@ How a prompt becomes one vector (``position``):
 Each distinct text is run once. Texts are sorted by token length and batched to minimise padding,
 padding is masked with an explicit attention mask, the forward pass stops just after the deepest
 requested hook (``stop_at_layer``), and hooks keep only the requested positions, so full
-activations are never stored. Hooks already on the model (e.g. a steering hook) stay active.
+activations are never stored. Hooks already on the model (e.g. a steering hook) stay active
+(without ``cache_dir``; with it they are refused).
 Activations of attention hooks with a head dimension (e.g. ``blocks.L.attn.hook_q``,
 ``[batch, pos, head, d_head]``) are flattened to ``head * d_head``.
 
