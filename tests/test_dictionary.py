@@ -48,7 +48,7 @@ def test_train_cache_reload(tiny_model, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE must not be retrained")
 
-    monkeypatch.setattr(dictionary, "_train", no_training)
+    monkeypatch.setattr(dictionary, "train_sae", no_training)
     again = train_reference_sae(tiny_model, HOOK, cache_dir=tmp_path, **options)
     for name, tensor in sae.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], tensor)

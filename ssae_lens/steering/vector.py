@@ -18,15 +18,20 @@ import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from ssae_lens._core.hooks import check_steerable_hook, dictionary_hook_name, hook_width
 from ssae_lens._core.io import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from ssae_lens.ssae.model import SSAE
 
 VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
 VECTOR_METADATA_FILENAME = "vector.json"
@@ -191,7 +196,7 @@ class SteeringVector:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_sae(
-        cls, sae: Any, feature_index: int, *, hook_name: str | None = None
+        cls, sae: SAE, feature_index: int, *, hook_name: str | None = None
     ) -> SteeringVector:
         """Decoder row ``sae.W_dec[feature_index]`` of any SAELens ``SAE``.
 
@@ -231,7 +236,7 @@ class SteeringVector:
         )
 
     @classmethod
-    def from_ssae(cls, ssae: Any, index: int, *, hook_name: str | None = None) -> SteeringVector:
+    def from_ssae(cls, ssae: SSAE, index: int, *, hook_name: str | None = None) -> SteeringVector:
         """Unit-norm decoder column ``index`` of a Sparse Shift Autoencoder.
 
         Uses ``ssae.steering_vector(index)`` (the direction in the model's activation
@@ -275,7 +280,7 @@ class SteeringVector:
         cls,
         path: str | os.PathLike,
         *,
-        model: Any | None = None,
+        model: HookedTransformer | None = None,
         strict: bool = False,
         device: str | torch.device | None = None,
     ) -> SteeringVector:
@@ -308,7 +313,7 @@ class SteeringVector:
             vector.check_compatible(model, strict=strict)
         return vector
 
-    def check_compatible(self, model: Any, *, strict: bool = False) -> None:
+    def check_compatible(self, model: HookedTransformer, *, strict: bool = False) -> None:
         """Check that this vector can steer ``model`` (see :meth:`load`)."""
         check_steerable_hook(model, self.hook_name)
         expected = hook_width(model, self.hook_name)
