@@ -10,7 +10,9 @@ else, human readable)::
     v = SteeringVector.load("vectors/feature_123", model=model)
 
 The same folder layout is what :meth:`SteeringVector.push_to_hub` uploads (one subfolder
-per vector, plus a model card) and :meth:`SteeringVector.from_pretrained` reads back.
+per vector, plus a model card) and :meth:`SteeringVector.from_pretrained` reads back;
+:meth:`SteeringVector.to_gguf` exports a llama.cpp control vector
+(:mod:`ssae_lens.steering.gguf`).
 """
 
 from __future__ import annotations
@@ -399,6 +401,26 @@ class SteeringVector:
             model=model,
             strict=strict,
             device=device,
+        )
+
+    def to_gguf(
+        self,
+        path: str | os.PathLike,
+        *,
+        scale: float | None = None,
+        n_layers: int | None = None,
+        model_hint: str | None = None,
+    ) -> Path:
+        """Write this vector as a llama.cpp control vector (one ``direction.N`` tensor).
+
+        The tensor is ``scale * direction`` (default ``default_scale``), so llama.cpp at
+        strength 1 adds what ``steer(model, self, scale=scale, positions="all")`` adds. See
+        :func:`ssae_lens.steering.gguf.write_control_vector` for the layer convention.
+        """
+        from ssae_lens.steering.gguf import write_control_vector
+
+        return write_control_vector(
+            [self], path, scale=scale, n_layers=n_layers, model_hint=model_hint
         )
 
     def check_compatible(self, model: Any, *, strict: bool = False) -> None:
