@@ -81,12 +81,12 @@ def upload_folder(
     return str(getattr(commit, "commit_url", commit))
 
 
-def repo_files(repo_id: str, *, api: Any, revision: str | None = None) -> list[str]:
-    """Every file path in ``repo_id`` (empty when the repository does not exist yet)."""
+def repo_files(repo_id: str, *, api: Any) -> list[str]:
+    """Every file path on ``repo_id``'s main branch (empty if the repository does not exist)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        return list(api.list_repo_files(repo_id, revision=revision))
+        return list(api.list_repo_files(repo_id))
     except RepositoryNotFoundError:
         return []
 
