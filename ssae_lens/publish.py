@@ -9,7 +9,8 @@ writes::
     <folder>/<sae_id>/sae_weights.safetensors       weights
     <folder>/<sae_id>/sparsity.safetensors          optional feature sparsity
 
-and, unless ``dry_run``, uploads the folder with ``huggingface_hub.HfApi().upload_folder``.
+and, unless ``dry_run``, uploads the folder through :mod:`ssae_lens._core.hub` (the one
+upload path of the package, shared with ``SteeringVector.push_to_hub``).
 Users then load it with ``import ssae_lens; SAE.from_pretrained(repo_id, sae_id)``.
 """
 
@@ -26,13 +27,20 @@ from sae_lens import SAE
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ssae_lens._core.hub import (
+    CARD_FILENAME,
+    card_text,
+    check_path_in_repo,
+    check_repo_id,
+    hub_api,
+    upload_folder,
+)
 from ssae_lens._core.io import atomic_dir, write_text_atomic
 from ssae_lens.models import cache_root
 
 __all__ = ["model_card", "publish"]
 
 SPARSITY_FILENAME = "sparsity.safetensors"
-CARD_FILENAME = "README.md"
 
 
 def publish(
@@ -67,9 +75,8 @@ def publish(
     Returns:
         The local folder that was (or would be) uploaded.
     """
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like 'user/name', got {repo_id!r}.")
-    if not sae_id or sae_id.startswith("/") or ".." in Path(sae_id).parts:
+    check_repo_id(repo_id)
+    if not check_path_in_repo(sae_id, "sae_id"):
         raise ValueError(
             f"sae_id must be a relative folder name such as a hook name, got {sae_id!r}."
         )
@@ -80,15 +87,10 @@ def publish(
     write_text_atomic(folder / CARD_FILENAME, card)
     if dry_run:
         return folder
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
+    upload_folder(
+        folder,
+        repo_id,
+        api=hub_api(api, token=token, endpoint=endpoint),
         commit_message=f"Upload {sae_id} with ssae-lens",
     )
     return folder
@@ -102,14 +104,6 @@ def model_card(sae: SAE, repo_id: str, sae_id: str, info: dict[str, Any]) -> str
     dataset = info.get("dataset") or meta.get("dataset") or "unknown"
     arch = sae.cfg.architecture()
     lines = [
-        "---",
-        "library_name: saelens",
-        "tags:",
-        "- sae_lens",
-        "- ssae-lens",
-        f"- {arch}",
-        "---",
-        "",
         f"# {repo_id}: `{sae_id}`",
         "",
         info.get("description")
@@ -144,7 +138,7 @@ def model_card(sae: SAE, repo_id: str, sae_id: str, info: dict[str, Any]) -> str
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return card_text("saelens", ["sae_lens", "ssae-lens", arch], "\n".join(lines))
 
 
 def _default_dir(repo_id: str) -> Path:

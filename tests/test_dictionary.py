@@ -48,7 +48,7 @@ def test_train_cache_reload(tiny_model, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE must not be retrained")
 
-    monkeypatch.setattr(dictionary, "_train", no_training)
+    monkeypatch.setattr(dictionary, "train_sae", no_training)
     again = train_reference_sae(tiny_model, HOOK, cache_dir=tmp_path, **options)
     for name, tensor in sae.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], tensor)
@@ -64,9 +64,9 @@ def test_damaged_cache_is_retrained_and_hooks_are_refused(tiny_model, tmp_path, 
 
     options = dict(d_sae=16, k=2, n_tokens=256, batch_size=64, texts=TEXTS, cache_dir=tmp_path)
     trained = []
-    original = dictionary._train
+    original = dictionary.train_sae
     monkeypatch.setattr(
-        dictionary, "_train", lambda *a, **k: trained.append(1) or original(*a, **k)
+        dictionary, "train_sae", lambda *a, **k: trained.append(1) or original(*a, **k)
     )
     first = {
         k: v.clone()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
@@ -41,8 +42,8 @@ _CACHE_FORMAT = 2  # 2: full model and SAE hashes, prompt token ids, checksummed
 
 
 def measure_effects(
-    model: Any,
-    sae: Any,
+    model: HookedTransformer,
+    sae: SAE,
     directions: Float[Tensor, "n d"],
     scales: float | Sequence[float] | Float[Tensor, " n"],
     *,
@@ -191,8 +192,8 @@ def measure_effects(
 class _Rollouts:
     """Generates steered rollouts and averages SAE features over their generated tokens."""
 
-    model: Any
-    sae: Any
+    model: HookedTransformer
+    sae: SAE
     hook_name: str
     prompts: list[str]
     max_new_tokens: int
@@ -277,7 +278,7 @@ def side_effect_ratio(effect: Float[Tensor, " d_sae"], targets: Target) -> float
     return side / change if change > 0 else math.inf
 
 
-def _effect_hook(model: HookedTransformer, sae: Any, hook_name: str | None) -> str:
+def _effect_hook(model: HookedTransformer, sae: SAE, hook_name: str | None) -> str:
     hook = dictionary_hook_name(sae, hook_name)
     check_hook_names(model, hook)
     return hook

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from torch import Tensor
 
 from ssae_lens.sae_ts.effect_model import EffectModel
@@ -66,7 +67,7 @@ def pinv_vector(
 
 def rotation_vector(
     effect_model: EffectModel,
-    sae: Any,
+    sae: SAE,
     target: Target,
     *,
     fitted_features: Sequence[int] | None = None,
@@ -102,7 +103,7 @@ def rotation_vector(
     return _targeted(direction, effect_model, t, "rotation", hook_name, fitted_features=len(fitted))
 
 
-def decoder_row_vector(sae: Any, feature: int, *, hook_name: str | None = None) -> SteeringVector:
+def decoder_row_vector(sae: SAE, feature: int, *, hook_name: str | None = None) -> SteeringVector:
     """Baseline: the unit-norm decoder row of ``feature`` (``SteeringVector.from_sae``)."""
     vector = SteeringVector.from_sae(sae, feature, hook_name=hook_name).normalize()
     vector.provenance.update(features=[vector.provenance["feature_index"]], weights=[1.0])

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from ssae_lens._core.hooks import check_steerable_hook
 from ssae_lens.activations import harvest_activations
@@ -25,7 +26,7 @@ ShiftsOrPairs = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor,
 
 
 def caa_vector(
-    model: Any,
+    model: HookedTransformer,
     positive_prompts: Sequence[str],
     negative_prompts: Sequence[str],
     hook_name: str,
