@@ -59,6 +59,7 @@ from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssae_lens._core.io import save_figure, write_text_atomic
 from ssae_lens.data.synthetic import Nonlinearity, Values, make_synthetic_shifts
 from ssae_lens.metrics import mcc
 from ssae_lens.saes import train_sae
@@ -351,17 +352,8 @@ def plot(runs: list[Run], settings: list[Setting], path: Path) -> None:
     ax.set_title("Synthetic shifts: MCC, median and min-max over seeds", fontsize=10)
     ax.legend(ncol=len(METHODS), fontsize=7, loc="upper center")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_report(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         table, failures = summarize(runs, settings)
         done = len({(r.setting, r.seed) for r in runs})
         partial = "" if done == len(jobs) else f"**Partial: {done} of {len(jobs)} runs.**\n\n"
-        write_report(header + partial + table + "\n" + "\n".join(settings_md) + "\n", args.out)
+        write_text_atomic(args.out, header + partial + table + "\n" + "\n".join(settings_md) + "\n")
         plot(runs, settings, args.out.with_suffix(".png"))
     print(table)
     print(f"Written {args.out} and {args.out.with_suffix('.png')}")

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from ssae_lens._core.hub import (
     hub_api,
     upload_folder,
 )
-from ssae_lens._core.io import write_text_atomic
+from ssae_lens._core.io import atomic_dir, write_text_atomic
 from ssae_lens.models import cache_root
 
 __all__ = ["model_card", "publish"]
@@ -149,21 +147,14 @@ def _default_dir(repo_id: str) -> Path:
 
 def _write_sae(sae: SAE, target: Path, sparsity: Tensor | None) -> None:
     """Save into a sibling temp folder, then swap it in, so ``target`` is never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    if sparsity is not None:
+        sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
+        if sparsity.shape != (sae.cfg.d_sae,):
+            raise ValueError(
+                f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
+                f"got {tuple(sparsity.shape)}."
+            )
+    with atomic_dir(target, exists="replace") as tmp:
         sae.save_model(tmp)
         if sparsity is not None:
-            sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
-            if sparsity.shape != (sae.cfg.d_sae,):
-                raise ValueError(
-                    f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
-                    f"got {tuple(sparsity.shape)}."
-                )
             save_file({"sparsity": sparsity}, str(tmp / SPARSITY_FILENAME))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -58,6 +58,39 @@ def test_train_cache_reload(tiny_model, tmp_path, monkeypatch):
         train_reference_sae(tiny_model, HOOK, cache_dir=tmp_path, **{**options, "seed": 2})
 
 
+def test_damaged_cache_is_retrained_and_hooks_are_refused(tiny_model, tmp_path, monkeypatch):
+    from ssae_lens._core.cache import CacheWarning
+    from ssae_lens.steering import SteeringVector, steer
+
+    options = dict(d_sae=16, k=2, n_tokens=256, batch_size=64, texts=TEXTS, cache_dir=tmp_path)
+    trained = []
+    original = dictionary.train_sae
+    monkeypatch.setattr(
+        dictionary, "train_sae", lambda *a, **k: trained.append(1) or original(*a, **k)
+    )
+    first = {
+        k: v.clone()
+        for k, v in train_reference_sae(tiny_model, HOOK, **options).state_dict().items()
+    }
+    (folder,) = (tmp_path / "saes").iterdir()
+    weights = folder / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # zero two floats of the payload: loadable, but wrong
+    weights.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="sae_weights.safetensors.*sha256"):
+        again = train_reference_sae(tiny_model, HOOK, **options)
+    assert len(trained) == 2
+    for name, tensor in first.items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
+
+    vector = SteeringVector(torch.ones(tiny_model.cfg.d_model), "blocks.0.hook_resid_post")
+    with (
+        steer(tiny_model, vector, scale=5.0),
+        pytest.raises(RuntimeError, match="hooks are active"),
+    ):
+        train_reference_sae(tiny_model, HOOK, **options)
+
+
 def test_standard_architecture_trains(tiny_model, tmp_path):
     sae = train_reference_sae(
         tiny_model,

@@ -7,27 +7,30 @@ Conmy 2024). Many directions share one batched generation (:func:`~ssae_lens.ste
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_attention_mask
 
-from ssae_lens._core.cache import tensor_digest
+from ssae_lens._core.cache import (
+    ChunkStore,
+    dictionary_fingerprint,
+    model_fingerprint,
+    refuse_active_hooks,
+    tensor_digest,
+)
 from ssae_lens._core.hooks import check_hook_names, dictionary_hook_name, hook_layer
-from ssae_lens._core.io import atomic_path, write_text_atomic
 from ssae_lens.generation import generate_tokens
 from ssae_lens.sae_ts._checks import check_directions, per_row_scales
 from ssae_lens.sae_ts.vectors import Target, target_tensor
@@ -35,7 +38,7 @@ from ssae_lens.steering import steer_rows
 
 __all__ = ["measure_effects", "side_effect_ratio"]
 
-EFFECTS_MANIFEST = "effects.json"
+_CACHE_FORMAT = 2  # 2: full model and SAE hashes, prompt token ids, checksummed chunks
 
 
 def measure_effects(
@@ -78,8 +81,11 @@ def measure_effects(
     ``batch_size``.
 
     With ``cache_dir``, the unsteered means and each chunk of ``chunk_size`` directions are
-    written as safetensors files (atomically) beside a manifest of the settings: an
-    interrupted run resumes at the first missing chunk; a rerun with other settings raises.
+    written as checksummed safetensors files (a :class:`~ssae_lens._core.cache.ChunkStore`)
+    beside a manifest of the settings, which cover the model's and the SAE's weights in full:
+    an interrupted run resumes at the first missing chunk, a damaged chunk is recomputed with
+    a warning, and a rerun with other settings raises. Caching while hooks are active on the
+    model or the SAE (e.g. inside ``steer(...)``) raises.
 
     Args:
         model: a ``HookedTransformer``.
@@ -130,10 +136,14 @@ def measure_effects(
         steer_readout=steer_readout,
     )
     settings = dict(
+        format=_CACHE_FORMAT,
         model_name=model.cfg.model_name,
+        model=model_fingerprint(model),
+        prompt_tokens=_prompt_tokens_digest(model, prompts),
+        pad_token_id=model.tokenizer.pad_token_id,
         hook_name=hook_name,
         d_sae=int(sae.W_dec.shape[0]),
-        sae_checksum=tensor_digest(sae.W_enc, sae.b_enc),
+        sae=dictionary_fingerprint(sae),
         directions_checksum=tensor_digest(directions, scale_t),
         n=n,
         prompts=prompts,
@@ -144,32 +154,36 @@ def measure_effects(
         do_sample=do_sample,
         temperature=temperature,
         steer_readout=steer_readout,
-        chunk_size=chunk_size,
         sampling="common uniforms per rollout",
     )
-    cache = _EffectCache(Path(cache_dir), settings) if cache_dir is not None else None
+    store = None
+    if cache_dir is not None:
+        refuse_active_hooks(model, sae, what="measure_effects with cache_dir")
+        store = ChunkStore(cache_dir, settings, n, chunk_size)
+        store.open()
 
-    starts = list(range(0, n, chunk_size))
-    total = len(starts) + 1
-    with tqdm(total=total, desc="SAE-TS effects", disable=None) as bar:
-        baseline = cache.read("baseline") if cache else None
-        if baseline is None:
-            baseline = rollout.mean_features(None, None)[0]
-            if cache:
-                cache.write("baseline", baseline[None])
+    def mean_features(items: range | None) -> Tensor:
+        """Chunk ``items`` of the directions, or the unsteered baseline (``None``)."""
+        entry = "baseline" if items is None else items
+        found = store.read(entry) if store is not None else None
+        if found is not None:
+            return found["mean_features"]
+        if items is None:
+            value = rollout.mean_features(None, None)
         else:
-            baseline = baseline[0]
+            rows = slice(items.start, items.stop)
+            value = rollout.mean_features(directions[rows], scale_t[rows])
+        if store is not None:
+            store.write(entry, {"mean_features": value})
+        return value
+
+    chunks = [range(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
+    with tqdm(total=len(chunks) + 1, desc="SAE-TS effects", disable=None) as bar:
+        baseline = mean_features(None)[0]
         bar.update()
         means = []
-        for start in starts:
-            name = f"effects_{start:08d}"
-            chunk = cache.read(name) if cache else None
-            if chunk is None:
-                stop = min(start + chunk_size, n)
-                chunk = rollout.mean_features(directions[start:stop], scale_t[start:stop])
-                if cache:
-                    cache.write(name, chunk)
-            means.append(chunk)
+        for items in chunks:
+            means.append(mean_features(items))
             bar.update()
     return torch.cat(means) - baseline
 
@@ -246,37 +260,6 @@ class _Rollouts:
         return feats.float().mean(dim=1).cpu()
 
 
-class _EffectCache:
-    """A folder of safetensors chunks plus a manifest of the settings that made them."""
-
-    def __init__(self, folder: Path, settings: dict[str, Any]):
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        manifest = folder / EFFECTS_MANIFEST
-        if manifest.exists():
-            stored = json.loads(manifest.read_text())
-            changed = sorted(
-                k for k in settings.keys() | stored.keys() if stored.get(k) != settings.get(k)
-            )
-            if changed:
-                raise ValueError(
-                    f"The effect cache {str(folder)!r} was made with other settings "
-                    f"({', '.join(changed)} differ): pass a new cache_dir or delete this one."
-                )
-        else:
-            text = json.dumps(settings, indent=2) + "\n"
-            write_text_atomic(manifest, text)
-
-    def read(self, name: str) -> Tensor | None:
-        path = self.folder / f"{name}.safetensors"
-        return load_file(path)["mean_features"] if path.exists() else None
-
-    def write(self, name: str, means: Tensor) -> None:
-        tensors = {"mean_features": means.contiguous()}
-        with atomic_path(self.folder / f"{name}.safetensors", suffix=".safetensors") as tmp:
-            save_file(tensors, tmp)
-
-
 def side_effect_ratio(effect: Float[Tensor, " d_sae"], targets: Target) -> float:
     """Mean absolute change of the non-target features per unit change of the targets.
 
@@ -299,3 +282,12 @@ def _effect_hook(model: HookedTransformer, sae: SAE, hook_name: str | None) -> s
     hook = dictionary_hook_name(sae, hook_name)
     check_hook_names(model, hook)
     return hook
+
+
+def _prompt_tokens_digest(model: HookedTransformer, prompts: list[str]) -> str:
+    """The sha256 of the token ids the rollouts start from (the tokenizer is not in the
+    model's fingerprint)."""
+    digest = hashlib.sha256()
+    for prompt in dict.fromkeys(prompts):
+        digest.update(str(model.to_tokens(prompt)[0].tolist()).encode())
+    return digest.hexdigest()

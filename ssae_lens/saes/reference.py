@@ -18,9 +18,11 @@ The default corpus (:func:`reference_corpus`) needs no download:
 - the package's templated sentences (all four attributes, both poles) and its English/French
   word list: the concepts the steering benchmarks target.
 
-The trained SAE is saved with ``SAE.save_model`` in ``<cache_root()>/saes/<key>`` (written to
-a temporary folder and moved into place) and loaded with ``SAE.load_from_disk`` on the next
-call with the same settings. Any other SAELens SAE can be used wherever this one is.
+The trained SAE is saved with ``SAE.save_model`` in ``<cache_root()>/saes/<key>``, a verified
+cache folder (:func:`ssae_lens._core.cache.write_cached_folder`: written atomically, each
+file's sha256 checked on read, a damaged folder retrained with a warning), and loaded with
+``SAE.load_from_disk`` on the next call with the same settings, which include a full hash of the
+model's weights. Any other SAELens SAE can be used wherever this one is.
 
 ::
 
@@ -49,10 +51,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from ssae_lens._core.cache import (
+    is_cached,
+    model_fingerprint,
+    refuse_active_hooks,
+    write_cached_folder,
+)
 from ssae_lens._core.hooks import check_hook_names
-from ssae_lens._core.io import write_json_atomic
 from ssae_lens._core.rng import scoped_seed
-from ssae_lens.activations import harvest_activations, model_fingerprint
+from ssae_lens.activations import harvest_activations
 from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
 from ssae_lens.generation import generate_tokens
 from ssae_lens.models import cache_root, load_model
@@ -82,7 +89,6 @@ CORPUS_PROMPTS: tuple[str, ...] = (
 )
 """Prompts whose sampled continuations make up the generated part of the default corpus."""
 
-_MANIFEST = "ssae_lens_dictionary.json"
 _FORMAT_VERSION = 3  # 2: b_dec at the activation mean; 3: corpus sampled with shared uniforms
 
 
@@ -187,6 +193,7 @@ def train_reference_sae(
         raise ValueError("texts must be a non-empty list of strings (wrap one text: [text]).")
     model = load_model(model_name, device=device)
     hook_name = check_hook_names(model, hook_name)[0]
+    refuse_active_hooks(model, what="train_reference_sae")
 
     settings = dict(
         format_version=_FORMAT_VERSION,
@@ -206,7 +213,7 @@ def train_reference_sae(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = root / "saes" / f"{model.cfg.model_name}-{hook_name}-{architecture}-{d_sae}-{key}"
-    if (folder / _MANIFEST).exists():
+    if is_cached(folder, settings):
         return SAE.load_from_disk(folder, device=str(device))
 
     if texts is None:
@@ -229,18 +236,8 @@ def train_reference_sae(
         model_name=model.cfg.model_name,
     )
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with write_cached_folder(folder, settings, info={"corpus_tokens": int(acts.shape[0])}) as build:
         sae.save_model(build)
-        write_json_atomic(build / _MANIFEST, {**settings, "corpus_tokens": int(acts.shape[0])})
-        if folder.exists():  # another process finished the same SAE first
-            shutil.rmtree(build)
-        else:
-            os.replace(build, folder)
-    finally:
-        if build.exists():
-            shutil.rmtree(build)
     return SAE.load_from_disk(folder, device=str(device))
 
 

@@ -28,6 +28,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssae_lens._core.cache import is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic, write_text_atomic
 from ssae_lens._core.rng import scoped_seed
 from ssae_lens._core.threads import intra_op_threads
@@ -306,23 +307,26 @@ def load_or_train_ssae(
     progress: bool = True,
 ) -> SSAE:
     """:func:`train_ssae` on a tensor, cached in ``cache_dir`` under a hash of data, config
-    and seed: a rerun with the same inputs loads the saved SSAE instead of training.
+    and seed: a rerun with the same inputs loads the saved SSAE instead of training (a
+    verified cached folder: a damaged one is retrained with a warning).
 
     ``threads``, if given, sets torch's intra-op threads for the training only (restored after;
     1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    # Not the metadata: train_ssae records results there (l0, dead features) on the caller's cfg.
+    fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
     digest.update(str(seed).encode())
     folder = Path(cache_dir) / f"ssae-{digest.hexdigest()[:16]}"
-    if (folder / "cfg.json").exists():
+    settings = {"key": digest.hexdigest()}
+    if is_cached(folder, settings):
         return SAE.load_from_disk(folder)
     with intra_op_threads(threads):
         sae = train_ssae(shifts, cfg, seed=seed, progress=progress)
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    sae.save_model(tmp)
-    os.replace(tmp, folder)
+    with write_cached_folder(folder, settings) as tmp:
+        sae.save_model(tmp)
     return sae
 
 
