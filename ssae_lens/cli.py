@@ -34,6 +34,7 @@ from ssae_lens.config import ConfigError, ExperimentConfig, load_config, save_co
 
 if TYPE_CHECKING:
     from sae_lens import SAE
+    from transformer_lens import HookedTransformer
 
     from ssae_lens.shift_data import ShiftData
 
@@ -92,8 +93,11 @@ def _existing(path: Path, what: str) -> Path:
     return path
 
 
-def _shift_data(cfg: ExperimentConfig, shifts: Path | None) -> ShiftData:
-    """The shifts file given, or the config's ``harvest`` output (harvested now if missing)."""
+def _shift_data(
+    cfg: ExperimentConfig, shifts: Path | None, model: HookedTransformer | None = None
+) -> ShiftData:
+    """The shifts file given, or the config's ``harvest`` output (harvested now if missing,
+    with ``model`` if given)."""
     from ssae_lens.shift_data import ShiftData, experiment_data
 
     if shifts is not None:
@@ -101,7 +105,7 @@ def _shift_data(cfg: ExperimentConfig, shifts: Path | None) -> ShiftData:
     default = Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME
     if not default.exists():
         typer.echo(f"No {default}: harvesting first.")
-        experiment_data(cfg).save(default)
+        experiment_data(cfg, model).save(default)
         _results_dir(cfg, "harvest")
     return ShiftData.load(default)
 
@@ -237,9 +241,9 @@ def steer(
                 f"steer.latent={cfg.steer.latent} is out of range [0, {sae.cfg.d_sae})."
             )
         vec = SteeringVector.from_ssae(sae, cfg.steer.latent, hook_name=cfg.hook_name)
-        if scale is None:
-            scale = cfg.steer.scale_fraction * _shift_data(cfg, None).median_shift_norm()
     model = models.load_model(cfg.model, device=cfg.device)
+    if scale is None:  # an SSAE column: a fraction of the typical shift
+        scale = cfg.steer.scale_fraction * _shift_data(cfg, None, model).median_shift_norm()
     vec.check_compatible(model)
 
     def greedy() -> list[str]:
