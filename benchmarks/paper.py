@@ -40,6 +40,7 @@ from transformer_lens import HookedTransformer
 
 from ssae_lens import models
 from ssae_lens._core.io import save_figure, write_json_atomic, write_text_atomic
+from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.compare import (
     Fit,
     aff_config,
@@ -117,7 +118,7 @@ class PaperConfig(RunConfig):
             d_sae=512, architecture="standard", l1_coefficient=5.0, n_tokens=100_000
         )
     )
-    threads: int | None = None  # torch intra-op threads of the script (None: torch's default)
+    threads: int | None = None  # torch intra-op threads while the study runs (None: unchanged)
 
     def __post_init__(self) -> None:
         self.train = train_options(self.train, excluded=_STUDY_TRAIN_FIELDS)
@@ -592,9 +593,8 @@ def plots_of(study: Study, cfg: PaperConfig) -> dict[str, Figure]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     cfg = parse_config_args(PaperConfig, argv, description=__doc__.splitlines()[0])
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)  # this script's own process
-    run_paper(cfg)
+    with intra_op_threads(cfg.threads):
+        run_paper(cfg)
 
 
 if __name__ == "__main__":

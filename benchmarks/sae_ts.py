@@ -53,6 +53,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from ssae_lens._core.io import save_figure, write_text_atomic
+from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.activations import harvest_activations
 from ssae_lens.config import ReferenceSAESection, RunConfig, parse_config_args, save_config
 from ssae_lens.data.builtin import attribute_texts, language_pairs
@@ -139,7 +140,7 @@ class SaeTsConfig(RunConfig):
     tasks: list[str] = field(
         default_factory=lambda: ["sentiment", "formality", "tense", "voice", "french"]
     )
-    threads: int | None = None  # torch intra-op threads of the script (None: torch's default)
+    threads: int | None = None  # torch intra-op threads while it runs (None: unchanged)
     seed: int = 0
 
     def sizes(self) -> SaeTsConfig:
@@ -184,10 +185,14 @@ def effect_cache_key(cfg: SaeTsConfig) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     given = parse_config_args(SaeTsConfig, argv, description=__doc__.split("\n")[0])
+    with intra_op_threads(given.threads):
+        run(given)
+
+
+def run(given: SaeTsConfig) -> None:
+    """The benchmark with config ``given`` (the sizes used: ``given.sizes()``)."""
     save_config(given, Path(given.out_dir) / f"{given.stem()}_config.yaml")
     cfg = given.sizes()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)  # this script's own process
     hook = cfg.hook_name
     cache = cache_root() / "benchmarks" / f"sae_ts-{effect_cache_key(cfg)}"  # resumable
     timings: dict[str, float] = {}
