@@ -139,9 +139,12 @@ def reference_directions(
     shifts: Float[Tensor, "n d"], labels: Float[Tensor, "n c"], encoding: Encoding
 ) -> Float[Tensor, "c d"]:
     """Supervised concept directions: single-concept mean shifts
-    (:func:`~ssae_lens.metrics.concept_directions`), or least squares for one-hot labels, where
-    no pair changes a single column (:func:`~ssae_lens.metrics.regression_directions`)."""
-    if encoding == "onehot":
+    (:func:`~ssae_lens.metrics.concept_directions`); least squares
+    (:func:`~ssae_lens.metrics.regression_directions`) for one-hot labels, where no pair
+    changes a single column, and whenever some concept never changes alone."""
+    changed = labels != 0
+    alone = (changed & (changed.sum(-1, keepdim=True) == 1)).any(0)
+    if encoding == "onehot" or not bool(alone.all()):
         return regression_directions(shifts, labels)
     return concept_directions(shifts, labels)
 

@@ -14,7 +14,8 @@ from ssae_lens import compare
 from ssae_lens.compare import Fit, aff_config, evaluate_fit, pair_directions
 from ssae_lens.data.pairs import ConceptPairs
 from ssae_lens.data.synthetic import SyntheticShifts, make_synthetic_shifts
-from ssae_lens.shift_data import ShiftData, synthetic_shift_data
+from ssae_lens.metrics import concept_directions
+from ssae_lens.shift_data import ShiftData, reference_directions, synthetic_shift_data
 from ssae_lens.ssae.model import TrainingSSAEConfig
 from ssae_lens.ssae.training import train_ssae
 
@@ -215,3 +216,17 @@ def test_synthetic_shift_data_splits_and_keeps_the_true_mixing():
     rows = {tuple(r.tolist()) for r in torch.cat([data.shifts_tr, data.shifts_te])}
     assert rows == {tuple(r.tolist()) for r in shifts.shifts}  # a partition of the shifts
     assert data.median_shift_norm() == pytest.approx(float(data.shifts_tr.norm(dim=-1).median()))
+
+
+def test_reference_directions_fall_back_to_least_squares_without_single_concept_pairs():
+    concept = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    single = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 0.0]])
+    shifts = single @ concept + 0.1 * torch.tensor([[0.0, 0.0, 1.0]])
+    torch.testing.assert_close(
+        reference_directions(shifts, single, "change"), concept_directions(shifts, single)
+    )
+    together = torch.tensor([[1.0, 0.0], [1.0, 1.0], [2.0, 1.0]])  # b never changes alone
+    solution = torch.linalg.lstsq(together, together @ concept).solution
+    torch.testing.assert_close(
+        reference_directions(together @ concept, together, "change"), solution
+    )
