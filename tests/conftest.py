@@ -227,3 +227,24 @@ def fake_hub(monkeypatch):
     yield f"http://127.0.0.1:{server.server_port}", hub
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` by name as a module (registered in ``sys.modules``,
+    so its config dataclasses resolve their annotations)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        module_name = f"benchmark_{name}"
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        return sys.modules[module_name]
+
+    return load

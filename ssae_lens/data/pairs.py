@@ -54,6 +54,23 @@ class DuplicatePairsWarning(UserWarning):
     """Some ``(source, target)`` pairs occur more than once (see ``ConceptPairs.deduplicate``)."""
 
 
+def split_indices(n: int, test_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """A seeded random split of ``range(n)`` into sorted ``(train, test)`` indices;
+    ``round(n * test_fraction)`` go to test (pairs, or synthetic shifts)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}.")
+    n_test = round(n * test_fraction)
+    if n_test in (0, n):
+        empty = "test" if n_test == 0 else "train"
+        raise ValueError(
+            f"Splitting {n} pairs with test_fraction={test_fraction} leaves the {empty} set "
+            "empty; use more pairs or a less extreme fraction."
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_test:]), sorted(order[:n_test])
+
+
 def _pair_place(i: int) -> str:
     return f"pair {i}"
 
@@ -413,21 +430,7 @@ class ConceptPairs:
         self, test_fraction: float = 0.2, seed: int = 0
     ) -> tuple[list[int], list[int]]:
         """The sorted pair indices of the ``(train, test)`` parts of :meth:`split`."""
-        if not 0 < test_fraction < 1:
-            raise ValueError(
-                f"test_fraction must be strictly between 0 and 1, got {test_fraction}."
-            )
-        n = len(self)
-        n_test = round(n * test_fraction)
-        if n_test in (0, n):
-            empty = "test" if n_test == 0 else "train"
-            raise ValueError(
-                f"Splitting {n} pairs with test_fraction={test_fraction} leaves the {empty} set "
-                "empty; use more pairs or a less extreme fraction."
-            )
-        order = list(range(n))
-        random.Random(seed).shuffle(order)
-        return sorted(order[n_test:]), sorted(order[:n_test])
+        return split_indices(len(self), test_fraction, seed)
 
     @classmethod
     def concat(
