@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.io import save_figure
 from ssae_lens.generation import generate_texts
 from ssae_lens.steering.apply import POSITION_NAMES, steer
@@ -195,7 +195,7 @@ class SteeringEvaluation:
 
 
 def evaluate_steering(
-    model: HookedTransformer,
+    model: Model,
     vector: SteeringVector
     | Sequence[SteeringVector]
     | Callable[[float], contextlib.AbstractContextManager],
