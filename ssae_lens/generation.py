@@ -22,6 +22,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ssae_lens._core.backend import Model, backend
+from ssae_lens._core.finite import all_finite
 from ssae_lens._core.hooks import hook_layer
 from ssae_lens._core.tokens import pad_token_rows
 
@@ -170,7 +171,7 @@ def generate_tokens(
         new = []
         for step in range(max_new_tokens):
             logits = state.logits
-            if not bool(torch.isfinite(logits).all()):
+            if not all_finite(logits):
                 raise FloatingPointError(
                     "The logits became NaN/inf during generation (steering scale too large?)."
                 )

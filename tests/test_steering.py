@@ -18,6 +18,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens.model_bridge import TransformerBridge
 
+from ssae_lens._core.finite import all_finite
 from ssae_lens.ssae import SSAE, SSAEConfig
 from ssae_lens.steering import (
     Steering,
@@ -338,6 +339,28 @@ def test_nan_producing_scale_is_reported_not_generated(model, vector):
     with pytest.raises(ValueError, match="finite"), steer(model, vector, scale=float("nan")):
         pass
     assert_clean(model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_agrees_with_the_elementwise_check(dtype):
+    """The non-finite checks of steering and generation: the fast sum path must neither miss
+    a NaN or inf nor flag finite values whose sum overflows."""
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.randn(4, 7),
+        torch.empty(0),
+        torch.full((3,), big),  # finite, but the sum overflows
+        torch.tensor([big, -big, 1.0]),
+    ]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 13, 27):
+            x = torch.randn(4, 7)
+            x.view(-1)[where] = bad
+            cases.append(x)
+    cases.append(torch.tensor([float("inf"), -float("inf")]))  # sums to NaN
+    for x in cases:
+        x = x.to(dtype)
+        assert all_finite(x) == bool(torch.isfinite(x).all()), x
 
 
 # ---------------------------------------------------------------------------- bad input

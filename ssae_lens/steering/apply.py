@@ -57,6 +57,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ssae_lens._core.backend import Model, backend
+from ssae_lens._core.finite import all_finite
 from ssae_lens._core.hooks import check_steerable_hook, hook_width
 from ssae_lens.steering.vector import SteeringVector
 
@@ -379,8 +380,8 @@ class _Intervention:
             else:
                 edited = flat - (along - s).clamp_min(0) * unit
         out = torch.where(selected[..., None], edited, flat)
-        if not bool(torch.isfinite(out).all()):
-            before = bool(torch.isfinite(flat).all())
+        if not all_finite(out):
+            before = all_finite(flat)
             raise FloatingPointError(
                 f"{self!r} produced NaN/inf activations"
                 + (
@@ -547,7 +548,7 @@ class _Tracker:
         self.step = _Step(offset, n, mask, self._prompt_len(offset, n), device)
 
     def _check_logits(self, module: Any, args: tuple, output: Tensor) -> None:
-        if not bool(torch.isfinite(output).all()):
+        if not all_finite(output):
             active = [
                 h.user_hook
                 for hp in self.model.hook_dict.values()
