@@ -45,7 +45,7 @@ from ssae_lens._core.backend import Model
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic
 
-__all__ = ["BACKENDS", "EMBEDDED_MODELS", "cache_root", "load_model"]
+__all__ = ["BACKENDS", "EMBEDDED_MODELS", "Model", "cache_root", "load_model"]
 
 EMBEDDED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Embedded model names and the TransformerLens architecture name each one is loaded as."""

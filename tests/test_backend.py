@@ -1,5 +1,6 @@
 """The backend adapter (``ssae_lens._core.backend``) on a tiny ``HookedTransformer`` and a tiny
-``TransformerBridge``: each primitive against the backend's own full forward pass."""
+``TransformerBridge``: each primitive against the backend's own full forward pass; then one
+GPT-2 through both backends, where every entry point of the package must agree."""
 
 from __future__ import annotations
 
