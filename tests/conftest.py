@@ -77,7 +77,8 @@ def build_tiny_bridge(
 
     ``"gemma3"``: Gemma 3 text (RMSNorm, rotary, grouped-query attention, a 4-token sliding
     window on layers 0 and 2, logit soft-cap 5); ``"gpt2"``: GPT-2 (LayerNorm, absolute
-    positions; weights of standard deviation 0.3, so its output depends on its input). Both have 3 layers, d_model 32, 4 heads of 8, d_mlp 64 and a 48-token context.
+    positions; weights of standard deviation 0.3, so its output depends on its input). Both
+    have 3 layers, d_model 32, 4 heads of 8, d_mlp 64 and a 48-token context.
     """
     import transformers
 

@@ -236,9 +236,9 @@ def test_gemma_through_the_bridge_matches_the_hooked_backend(gemma):
     ids = gemma.to_tokens(["The capital of France is", "I love this movie"])
     assert torch.equal(bridge.to_tokens(["The capital of France is", "I love this movie"]), ids)
     hook = "blocks.6.hook_resid_post"
-    with torch.no_grad():
-        _, hooked = gemma.run_with_cache(ids, names_filter=hook)
-        _, bridged = bridge.run_with_cache(ids, names_filter=hook)
     real = ids != gemma.tokenizer.pad_token_id
+    with torch.no_grad():  # (a bridge does not infer the padding mask: give it to both)
+        _, hooked = gemma.run_with_cache(ids, attention_mask=real.long(), names_filter=hook)
+        _, bridged = bridge.run_with_cache(ids, attention_mask=real.long(), names_filter=hook)
     diff = (bridged[hook] - hooked[hook]).norm(dim=-1)[real]
     assert (diff < 1e-4 * hooked[hook].norm(dim=-1)[real]).all()
