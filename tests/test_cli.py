@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -95,6 +96,54 @@ def test_evaluate_writes_the_metrics_of_the_trained_seeds(run):
     assert len(metrics["concept_alignment"]) == len(metrics["steering_accuracy"]) == 2
     assert all(0 <= v <= 1 for v in metrics["concept_alignment"])
     assert all(-1 <= v <= 1 for v in metrics["steering_accuracy"])
+
+
+def _ssae_with_rows(rows):
+    from ssae_lens import SSAE, SSAEConfig
+
+    sae = SSAE(SSAEConfig(d_in=rows.shape[1], d_sae=rows.shape[0], shift_normalization="none"))
+    with torch.no_grad():
+        sae.W_dec.copy_(rows)
+    return sae
+
+
+def test_evaluate_ssaes_equals_a_hand_computation():
+    # Two concepts in 3-d; the SSAEs hold them permuted, rescaled and with flipped signs.
+    g = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.2], [0.0, 1.0], [0.3, -0.4]])
+    ref = (mixing / mixing.norm(dim=0)).T  # concept directions, unit rows
+    noise = 0.2 * torch.randn(2, 2, 3, generator=g)
+    saes = [
+        _ssae_with_rows(torch.stack([-2.0 * ref[1], ref[0]]) + noise[0]),
+        _ssae_with_rows(torch.stack([ref[0], -ref[1]]) + noise[1]),
+    ]
+    labels = torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    source = torch.randn(4, 3, generator=g)
+    target = source + labels @ ref + 0.1 * torch.randn(4, 3, generator=g)
+    tensors = {"mixing": mixing, "test.source": source, "test.target": target,
+               "test.labels": labels}  # fmt: skip
+    metrics = cli.evaluate_ssaes(saes, tensors)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    alignment, accuracy = [], []
+    for sae in saes:
+        rows = unit(sae.W_dec.detach().double().numpy())
+        cos = rows @ unit(ref.double().numpy()).T
+        perm = max(((0, 1), (1, 0)), key=lambda p: abs(cos[p[0], 0]) + abs(cos[p[1], 1]))
+        alignment.append((abs(cos[perm[0], 0]) + abs(cos[perm[1], 1])) / 2)
+        # concept c is steered along its matched row, turned to point like the concept
+        oriented = np.stack([np.sign(cos[perm[c], c]) * rows[perm[c]] for c in (0, 1)])
+        v = labels.double().numpy() @ oriented
+        steered = unit(source.double().numpy()) + unit(v)
+        accuracy.append(np.mean(np.sum(unit(steered) * unit(target.double().numpy()), -1)))
+    assert metrics["concept_alignment"] == pytest.approx(alignment)
+    assert metrics["steering_accuracy"] == pytest.approx(accuracy)
+    assert min(accuracy) > 0.8  # the oriented rows do steer toward the targets
+    corr = np.abs(np.corrcoef(saes[0].W_dec.detach().numpy(), saes[1].W_dec.detach().numpy()))
+    agreement = max(corr[0, 2] + corr[1, 3], corr[0, 3] + corr[1, 2]) / 2
+    assert metrics["seed_agreement_mcc"] == pytest.approx(agreement)
 
 
 def test_steer_prints_unsteered_and_steered_generations(run, tiny_model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -62,6 +63,34 @@ def test_zero_direction_has_exactly_zero_effect(tiny_model, tiny_sae):
 def test_nonzero_direction_changes_features(tiny_model, tiny_sae):
     y = effects(tiny_model, tiny_sae, unit_directions(2))
     assert bool((y.abs().sum(dim=1) > 1e-3).all())
+
+
+def test_greedy_effects_equal_a_hand_computation_from_unsteered_readouts(tiny_model, tiny_sae):
+    # Reference: model.generate under a hand-written hook adding 3 * direction everywhere,
+    # then an unsteered run_with_cache of each rollout alone (no padding), sae.encode of the
+    # activations at the generated tokens (the last n_new inputs), averaged over tokens and
+    # prompts; the same for unsteered rollouts is subtracted.
+    dirs, n_new = unit_directions(2, seed=3), 4
+
+    def mean_features(direction):
+        rows = []
+        for prompt in PROMPTS:
+            hooks = [] if direction is None else [(HOOK, lambda act, hook: act + 3.0 * direction)]
+            with tiny_model.hooks(fwd_hooks=hooks):
+                tokens = tiny_model.generate(
+                    prompt, max_new_tokens=n_new, do_sample=False, stop_at_eos=False,
+                    verbose=False, return_type="tokens",
+                )  # fmt: skip
+            _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+            rows.append(tiny_sae.encode(cache[HOOK][0, -n_new:]).mean(0))
+        return torch.stack(rows).mean(0)
+
+    with torch.no_grad():
+        baseline = mean_features(None)
+        expected = torch.stack([mean_features(d) for d in dirs]) - baseline
+    got = effects(tiny_model, tiny_sae, dirs, max_new_tokens=n_new)
+    assert float(expected.abs().sum(1).min()) > 0.05  # the vectors change the text
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_batched_effects_equal_one_vector_at_a_time(tiny_model, tiny_sae):
@@ -219,6 +248,23 @@ def test_effect_model_recovers_a_linear_map(method):
     assert report.r2 > 0.99
     assert report.test_mse == pytest.approx(1e-4, rel=0.5)  # the noise variance
     assert report.r2_per_feature.shape == (12,)
+
+
+def test_ridge_matches_the_centred_closed_form_and_leaves_the_bias_unshrunk():
+    # Ridge with an unpenalised intercept = ridge on centred data, intercept from the means:
+    # W = (Xc^T Xc + alpha n I)^-1 Xc^T Yc, b = mean(y) - mean(x) W.
+    s, y, _, _ = synthetic_pairs(n=60, noise=0.3)
+    y = y + 5.0  # a large shared effect: a penalised bias would be pulled toward 0
+    xs, ys = s.double().numpy(), y.double().numpy()
+    for alpha in (0.01, 1.0, 1e6):
+        model, _ = EffectModel.fit(s, y, weight_decay=alpha, test_fraction=0.0)
+        xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+        w = np.linalg.solve(xc.T @ xc + alpha * 60 * np.eye(xs.shape[1]), xc.T @ yc)
+        b = ys.mean(0) - xs.mean(0) @ w
+        np.testing.assert_allclose(model.W.numpy(), w, atol=1e-5)
+        np.testing.assert_allclose(model.b.numpy(), b, atol=1e-5)
+    # an overwhelming penalty leaves only the intercept: the mean effect
+    np.testing.assert_allclose(model.b.numpy(), ys.mean(0), atol=1e-4)
 
 
 def test_fit_report_r2_matches_its_definition():
