@@ -201,6 +201,30 @@ def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     torch.testing.assert_close(scales, torch.tensor([1.0, 1.5]))
 
 
+def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model, monkeypatch):
+    texts = ["The cat sat on the mat.", "hey"]
+    seen = {}
+
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+        seen.setdefault("sweep", sweep)
+        return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
+
+    monkeypatch.setattr(sae_ts, "_steered_losses", stub_losses)
+    dirs = torch.zeros(1, 32)
+    dirs[0, 0] = 1.0
+    with pytest.warns(UserWarning):  # whatever the loss, the stub is not the point here
+        calibrate_scales(tiny_model, dirs, HOOK, reference_texts=texts, target_loss_increase=1e9)
+    with torch.no_grad():  # each text alone (no padding): norms at every real token
+        norms = torch.cat(
+            [
+                tiny_model.run_with_cache(t, names_filter=HOOK)[1][HOOK][0].norm(dim=-1)
+                for t in texts
+            ]
+        )
+    expected = float(norms.mean()) * torch.tensor([0.05 * 80 ** (i / 11) for i in range(12)])
+    torch.testing.assert_close(seen["sweep"], expected, rtol=1e-5, atol=0)
+
+
 def test_calibrate_scales_end_to_end(tiny_model):
     texts = ["The cat sat on the mat.", "I love this movie, it is brilliant."]
     dirs = unit_directions(3)  # on this random model, steering along dirs[1] lowers the loss
@@ -275,6 +299,20 @@ def test_fit_report_r2_matches_its_definition():
     centred = y[test] - y[test].mean(0)
     assert report.r2 == pytest.approx(float(1 - (resid**2).sum() / (centred**2).sum()), abs=1e-5)
     assert report.test_mse == pytest.approx(float((resid**2).mean()), rel=1e-4)
+
+
+def test_fit_without_a_held_out_split_reports_nan_and_serialises():
+    s, y, _, _ = synthetic_pairs(n=30)
+    model, report = EffectModel.fit(s, y, test_fraction=0.0)
+    assert (report.n_train, report.n_test) == (30, 0)
+    assert math.isnan(report.r2) and math.isnan(report.test_mse)
+    assert report.train_mse == pytest.approx(float(((model.predict(s) - y) ** 2).mean()), rel=1e-4)
+    as_dict = report.to_dict()
+    assert as_dict["n_train"] == 30 and len(as_dict["r2_per_feature"]) == 12
+    with pytest.raises(ValueError, match="same n"):
+        EffectModel.fit(s, y[:-1])
+    with pytest.raises(ValueError, match="Unknown fit method"):
+        EffectModel.fit(s, y, method="lbfgs")
 
 
 def test_effect_model_save_load_roundtrip(tmp_path):
@@ -371,6 +409,41 @@ def test_rotation_vector_reaches_a_feature_without_effect_data():
     expected = decoder[missing] @ rotation
     torch.testing.assert_close(v.direction, expected / expected.norm(), atol=1e-5, rtol=0)
     assert v.provenance["fitted_features"] == d_sae - 1
+
+
+def test_dense_and_sparse_targets_give_the_same_vectors():
+    g = torch.Generator().manual_seed(1)
+    effect_model = EffectModel(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), HOOK)
+    dense = torch.tensor([0.0, 1.0, 0.0, -0.5])
+    for make in (sae_ts_vector, pinv_vector):
+        torch.testing.assert_close(
+            make(effect_model, dense).direction, make(effect_model, {1: 1.0, 3: -0.5}).direction
+        )
+    with pytest.raises(ValueError, match="dense target needs shape"):
+        sae_ts_vector(effect_model, torch.ones(3))
+
+
+def test_rotation_vector_uses_only_the_given_fitted_features():
+    g = torch.Generator().manual_seed(0)
+    d, d_sae = 4, 8
+    decoder = torch.randn(d_sae, d, generator=g)
+    decoder = decoder / decoder.norm(dim=1, keepdim=True)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    w = (decoder @ rotation).T
+    w[:, 6:] = torch.randn(d, 2, generator=g)  # columns 6, 7 do not follow the rotation
+    cfg = StandardSAEConfig(d_in=d, d_sae=d_sae)
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(decoder)
+    effect_model = EffectModel(w, torch.zeros(d_sae), HOOK)
+    v = rotation_vector(effect_model, sae, [2], fitted_features=range(6))
+    expected = decoder[2] @ rotation
+    torch.testing.assert_close(v.direction, expected / expected.norm(), atol=1e-5, rtol=0)
+    assert v.provenance["fitted_features"] == 6
+    polluted = rotation_vector(effect_model, sae, [2])  # all 8 columns: another rotation
+    assert not torch.allclose(polluted.direction, v.direction, atol=1e-3)
+    with pytest.raises(ValueError, match="does not match the effect model"):
+        rotation_vector(EffectModel(torch.zeros(d + 1, d_sae), torch.zeros(d_sae)), sae, [2])
 
 
 def test_decoder_row_vector_is_the_normalised_sae_row(tiny_sae):
