@@ -17,8 +17,6 @@ Tokens are real tokens (BOS included, padding excluded). Each timing is the best
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import tempfile
 import time
@@ -26,12 +24,13 @@ from pathlib import Path
 
 import torch
 
+from ssae_lens._core.io import write_json_atomic
 from ssae_lens.activations import PairedActivationStore
 from ssae_lens.models import load_model
 
 
 def sentence_pairs(n_pairs: int | None, seed: int) -> tuple[list[str], list[str]]:
-    from ssae_lens.pairs import load_pairs
+    from ssae_lens.data import load_pairs
 
     pairs = load_pairs("sentences")
     indices = list(range(len(pairs)))
@@ -162,11 +161,7 @@ def main() -> None:
         f"{'PASS' if ratio_prompt >= 30 else 'FAIL'}"
     )
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, results)
 
 
 if __name__ == "__main__":

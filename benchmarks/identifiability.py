@@ -18,7 +18,8 @@ the best-matching latents count). Methods and their fixed, documented configurat
   ``SAETrainer`` on the same shifts with SAELens's input scaling
   (``normalize_activations="expected_average_only_in"``) on as many samples as the SSAE sees
   by default, in batches ``SAE_BATCH_FACTOR`` times larger (SAETrainer's per-step overhead
-  dominates on CPU), constant learning rate ``SAE_LR`` and ``l1_coefficient=SAE_L1``. Shifts are
+  dominates on CPU), learning rate ``SAE_LR`` (the library recipe :func:`ssae_lens.saes.train_sae`)
+  and ``l1_coefficient=SAE_L1``. Shifts are
   signed and a ReLU latent codes one sign only, so it gets ``2n`` latents and the ``n`` best
   matching ones count. Even a perfect one-signed latent correlates only ~0.7-0.75 with a
   signed concept change, so ``sae+-`` (same model, no extra training) also scores signed
@@ -54,17 +55,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from jaxtyping import Float
-from sae_lens.config import LoggingConfig, SAETrainerConfig
-from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
-from sae_lens.training.sae_trainer import SAETrainer
 from sklearn.decomposition import PCA, FastICA, MiniBatchDictionaryLearning
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssae_lens._core.io import save_figure, write_text_atomic
+from ssae_lens.data.synthetic import Nonlinearity, Values, make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.ssae import TrainingSSAEConfig
-from ssae_lens.synthetic import Nonlinearity, Values, make_synthetic_shifts
-from ssae_lens.training import ShuffledBatches, train_ssae
+from ssae_lens.saes import train_sae
+from ssae_lens.ssae import TrainingSSAEConfig, train_ssae
 
 DL_ALPHA = 0.3
 DL_FIT_ROWS = 3000
@@ -206,25 +205,17 @@ def fit_standard_sae(
     defaults = TrainingSSAEConfig(d_in=x.shape[1], d_sae=n)
     batch = SAE_BATCH_FACTOR * defaults.batch_size
     steps = steps or defaults.training_steps // SAE_BATCH_FACTOR
-    torch.manual_seed(seed)
-    sae = StandardTrainingSAE(
-        StandardTrainingSAEConfig(
-            d_in=x.shape[1],
-            d_sae=2 * n,
-            l1_coefficient=SAE_L1,
-            normalize_activations="expected_average_only_in",
-        )
-    )
-    trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * batch,
-        train_batch_size_samples=batch,
-        lr=SAE_LR,
-        lr_end=SAE_LR,
-        n_batches_for_norm_estimate=100,
-        logger=LoggingConfig(log_to_wandb=False),
-    )
     with _quiet():
-        SAETrainer(trainer_cfg, sae, ShuffledBatches(x, batch, seed=seed)).fit()
+        sae = train_sae(
+            x,
+            d_sae=2 * n,
+            architecture="standard",
+            l1_coefficient=SAE_L1,
+            n_tokens=steps * batch,
+            batch_size=batch,
+            lr=SAE_LR,
+            seed=seed,
+        )
     with torch.no_grad():
         codes = sae.encode(x)
         return codes, signed_pairs(codes, sae.W_dec, SAE_PAIR_COSINE)
@@ -361,17 +352,8 @@ def plot(runs: list[Run], settings: list[Setting], path: Path) -> None:
     ax.set_title("Synthetic shifts: MCC, median and min-max over seeds", fontsize=10)
     ax.legend(ncol=len(METHODS), fontsize=7, loc="upper center")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
-
-
-def write_report(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         table, failures = summarize(runs, settings)
         done = len({(r.setting, r.seed) for r in runs})
         partial = "" if done == len(jobs) else f"**Partial: {done} of {len(jobs)} runs.**\n\n"
-        write_report(header + partial + table + "\n" + "\n".join(settings_md) + "\n", args.out)
+        write_text_atomic(args.out, header + partial + table + "\n" + "\n".join(settings_md) + "\n")
         plot(runs, settings, args.out.with_suffix(".png"))
     print(table)
     print(f"Written {args.out} and {args.out.with_suffix('.png')}")

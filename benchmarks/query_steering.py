@@ -1,7 +1,7 @@
 """Query-code prototype steering on Gemma-3-270M (issue 5, item 7).
 
 1. Train a SAELens SAE on the flattened attention queries ``blocks.L.attn.hook_q``
-   (``ssae_lens.dictionary.train_reference_sae``, cached).
+   (``ssae_lens.saes.reference.train_reference_sae``, cached).
 2. For each target (the positive pole of a sentence attribute: formal, positive
    sentiment), fit class prototypes from the package's labelled sentences.
 3. Sweep the number of gradient steps (the "scale") with the evaluation harness:
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from ssae_lens._io import write_text_atomic
-from ssae_lens.builtin_pairs import attribute_texts
-from ssae_lens.dictionary import train_reference_sae
+from ssae_lens._core.io import write_text_atomic
+from ssae_lens.data import load_pairs
+from ssae_lens.data.builtin import attribute_texts
 from ssae_lens.models import load_model
-from ssae_lens.pairs import load_pairs
+from ssae_lens.saes.reference import train_reference_sae
 from ssae_lens.steering import ProbeScorer, QueryPrototypes, evaluate_steering, steer_queries
 
 RESULTS = Path(__file__).parent / "results"

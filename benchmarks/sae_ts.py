@@ -2,7 +2,7 @@
 
 Steps (CPU-sized; every size is a flag and is written into the report):
 
-1. The reference SAE: :func:`ssae_lens.dictionary.train_reference_sae` at
+1. The reference SAE: :func:`ssae_lens.saes.reference.train_reference_sae` at
    ``blocks.6.hook_resid_post`` (trained once, then loaded from the cache).
 2. One steering scale for all unit directions: the median of :func:`calibrate_scales`
    (LM loss on reference sentences up by 0.5 nats) over a few random and decoder-row
@@ -28,29 +28,35 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    rollouts (other prompts, other seed) and compared by ``side_effect_ratio`` (mean
    |non-target change| per unit target change; lower is better).
 
-    python benchmarks/sae_ts.py [--quick] [--out benchmarks/results]
+    python benchmarks/sae_ts.py --config configs/benchmarks/sae_ts.yaml [--set n_decoder=256]
+    python benchmarks/sae_ts.py --set quick=true     # tiny sizes: a smoke run
+
+Writes ``<out_dir>/<name>.md``, ``<name>.json``, ``<name>.png`` and ``<name>_config.yaml``
+(the config, to rerun with ``--config``).
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
+import dataclasses
 import hashlib
 import json
 import math
 import statistics
-import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-import yaml
+from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from ssae_lens._io import save_figure, write_text_atomic
+from ssae_lens._core.io import save_figure, write_text_atomic
+from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.activations import harvest_activations
-from ssae_lens.builtin_pairs import attribute_texts, language_pairs
-from ssae_lens.dictionary import train_reference_sae
+from ssae_lens.config import ReferenceSAESection, RunConfig, parse_config_args, save_config
+from ssae_lens.data.builtin import attribute_texts, language_pairs
 from ssae_lens.models import cache_root, load_model
 from ssae_lens.sae_ts import (
     EffectModel,
@@ -60,6 +66,7 @@ from ssae_lens.sae_ts import (
     sae_ts_vector,
     side_effect_ratio,
 )
+from ssae_lens.saes.reference import train_reference_sae
 from ssae_lens.steering import (
     KeywordScorer,
     LikelihoodCoherenceScorer,
@@ -68,7 +75,6 @@ from ssae_lens.steering import (
     evaluate_steering,
 )
 
-HOOK = "blocks.6.hook_resid_post"
 PROBE_HOOK = "blocks.9.hook_resid_post"
 EFFECT_PROMPTS = ["I think that", "The story begins"]
 HELD_OUT_PROMPTS = ["Last week,", "In my opinion"]
@@ -89,103 +95,106 @@ def task_texts(task: str, n: int, seed: int) -> tuple[list[str], list[str]]:
     return attribute_texts(task, n=n, seed=seed)
 
 
-def target_feature(sae, model, negative: list[str], positive: list[str]) -> tuple[int, float]:
+def target_feature(
+    sae, model, hook: str, negative: list[str], positive: list[str]
+) -> tuple[int, float]:
     """The feature whose mean activation separates positive from negative texts the most."""
     with torch.no_grad():
-        neg = sae.encode(harvest_activations(model, negative, HOOK, position="all"))
-        pos = sae.encode(harvest_activations(model, positive, HOOK, position="all"))
+        neg = sae.encode(harvest_activations(model, negative, hook, position="all"))
+        pos = sae.encode(harvest_activations(model, positive, hook, position="all"))
     pooled = torch.cat([neg, pos]).std(0).clamp_min(1e-6)
     separation = (pos.mean(0) - neg.mean(0)) / pooled
     best = int(separation.argmax())
     return best, float(separation[best])
 
 
-def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
-    """Option values from a YAML file whose keys are the flags' names (``n_decoder``)."""
-    if not path.is_file():
-        parser.error(f"config file {str(path)!r} does not exist")
-    values = yaml.safe_load(path.read_text()) or {}
-    valid = [a.dest for a in parser._actions if a.dest not in ("help", "config")]
-    for key in values:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            parser.error(f"unknown key {key!r} in {path}{hint}")
-    return values
+@dataclass
+class SaeTsConfig(RunConfig):
+    """Every size of the benchmark (saved next to its results as ``<name>_config.yaml``)."""
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--d-sae", type=int, default=2048)
-    parser.add_argument("--sae-tokens", type=int, default=100_000)
-    parser.add_argument("--corpus-generated", type=int, default=16, help="SAE corpus rollouts")
-    parser.add_argument("--corpus-tokens", type=int, default=32, help="tokens per rollout")
-    parser.add_argument("--corpus-sentences", type=int, default=1000)
-    parser.add_argument("--sae-lr", type=float, default=1e-3, help="SAE Adam learning rate")
-    parser.add_argument("--sae-batch", type=int, default=512, help="SAE batch size")
-    parser.add_argument("--n-decoder", type=int, default=64, help="decoder-row directions")
-    parser.add_argument("--n-mix", type=int, default=0, help="random mixes of 2-4 decoder rows")
-    parser.add_argument("--n-random", type=int, default=32, help="random Gaussian directions")
-    parser.add_argument("--samples", type=int, default=1, help="samples per effect prompt")
-    parser.add_argument("--tokens", type=int, default=8, help="tokens per effect rollout")
-    parser.add_argument(
-        "--readout",
-        choices=("text", "steered"),
-        default="text",
-        help="read the rollouts' features unsteered (the paper's effect of the text) or steered",
+    hook_name: str = "blocks.6.hook_resid_post"
+    out_dir: str = "benchmarks/results"
+    name: str = "sae_ts"  # stem of the written files (``<name>_quick`` with quick)
+    quick: bool = False  # tiny sizes: a smoke run
+    sae: ReferenceSAESection = field(
+        default_factory=lambda: ReferenceSAESection(
+            n_tokens=100_000,
+            corpus_options={"n_generated": 16, "generated_tokens": 32, "n_sentences": 1000},
+        )
     )
-    parser.add_argument("--batch-size", type=int, default=128, help="rollouts per batch")
-    parser.add_argument("--n-side", type=int, default=20, help="features in the side-effect test")
-    parser.add_argument(
-        "--side-features",
-        choices=("fit", "random"),
-        default="fit",
-        help="after the task targets: the features the effect model predicts best, or random ones",
+    n_decoder: int = 64  # decoder-row directions
+    n_mix: int = 0  # random mixes of 2-4 decoder rows
+    n_random: int = 32  # random Gaussian directions
+    samples: int = 1  # samples per effect prompt
+    tokens: int = 8  # tokens per effect rollout
+    # read the rollouts' features unsteered (the paper's effect of the text) or steered
+    readout: Literal["text", "steered"] = "text"
+    batch_size: int = 128  # rollouts per batch
+    n_side: int = 20  # features in the side-effect test
+    # after the task targets: the features the effect model predicts best, or random ones
+    side_features: Literal["fit", "random"] = "fit"
+    held_samples: int | None = None  # None: samples
+    eval_tokens: int = 8
+    sweep: list[float] = field(default_factory=lambda: [1.0, 2.0])  # x the calibrated scale
+    effect_multiplier: float = 1.0  # effect scale, x the calibrated scale
+    tasks: list[str] = field(
+        default_factory=lambda: ["sentiment", "formality", "tense", "voice", "french"]
     )
-    parser.add_argument("--held-samples", type=int, default=None, help="default: --samples")
-    parser.add_argument("--eval-tokens", type=int, default=8)
-    parser.add_argument("--sweep", default="1,2", help="multiples of the calibrated scale")
-    parser.add_argument("--effect-multiplier", type=float, default=1.0, help="effect scale")
-    parser.add_argument("--tasks", default="sentiment,formality,tense,voice,french")
-    parser.add_argument("--name", default="sae_ts", help="name of the written files")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--config",
-        type=Path,
-        help="YAML of these options (configs/benchmarks/sae_ts.yaml); flags win",
-    )
-    return parser
+    threads: int | None = None  # torch intra-op threads while it runs (None: unchanged)
+    seed: int = 0
+
+    def sizes(self) -> SaeTsConfig:
+        """The sizes a run uses: with ``quick``, tiny ones; ``held_samples`` filled in."""
+        cfg = self
+        if cfg.quick:
+            cfg = dataclasses.replace(
+                cfg, n_decoder=8, n_random=8, samples=1, n_side=3, tokens=4, eval_tokens=6
+            )
+            cfg.sweep, cfg.tasks = [1.0], ["sentiment", "formality"]
+        if cfg.held_samples is None:
+            cfg = dataclasses.replace(cfg, held_samples=cfg.samples)
+        return cfg
+
+    def stem(self) -> str:
+        return f"{self.name}_quick" if self.quick else self.name
 
 
-def main() -> None:
-    parser = build_parser()
-    given, _ = parser.parse_known_args()
-    if given.config is not None:
-        parser.set_defaults(**_read_config(given.config, parser))
-    args = parser.parse_args()
-    if args.quick:
-        args.n_decoder, args.n_random, args.samples, args.n_side = 8, 8, 1, 3
-        args.tokens, args.eval_tokens, args.sweep = 4, 6, "1"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    sweep = [float(x) for x in args.sweep.split(",")]
-    tasks = ["sentiment", "formality"] if args.quick else [t for t in args.tasks.split(",") if t]
-    if args.held_samples is None:
-        args.held_samples = args.samples
-    # The effect collection is cached under the options that change it (a rerun with other
-    # held-out or task options reuses it); the held-out rollouts are keyed separately below.
-    effect_options = (
-        "quick", "d_sae", "sae_tokens", "corpus_generated", "corpus_tokens", "corpus_sentences",
-        "sae_lr", "sae_batch", "n_decoder", "n_mix", "n_random", "samples", "tokens", "readout",
-        "effect_multiplier", "seed",
-    )  # fmt: skip
-    sizes = {k: getattr(args, k) for k in effect_options}
-    key = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
-    cache = cache_root() / "benchmarks" / f"sae_ts-{key}"  # resumable effect collection
+def effect_cache_key(cfg: SaeTsConfig) -> str:
+    """A key of the options that change the effect collection (a rerun with other held-out
+    or task options reuses it); the names are those of the benchmark's first version, so
+    caches written then stay valid."""
+    corpus = cfg.sae.corpus_options or {}
+    sizes = {
+        "quick": cfg.quick,
+        "d_sae": cfg.sae.d_sae,
+        "sae_tokens": cfg.sae.n_tokens,
+        "corpus_generated": corpus.get("n_generated"),
+        "corpus_tokens": corpus.get("generated_tokens"),
+        "corpus_sentences": corpus.get("n_sentences"),
+        "sae_lr": cfg.sae.lr,
+        "sae_batch": cfg.sae.batch_size,
+        **{
+            k: getattr(cfg, k)
+            for k in ("n_decoder", "n_mix", "n_random", "samples", "tokens", "readout")
+        },
+        "effect_multiplier": cfg.effect_multiplier,
+        "seed": cfg.seed,
+    }
+    return hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    given = parse_config_args(SaeTsConfig, argv, description=__doc__.split("\n")[0])
+    with intra_op_threads(given.threads):
+        run(given)
+
+
+def run(given: SaeTsConfig) -> None:
+    """The benchmark with config ``given`` (the sizes used: ``given.sizes()``)."""
+    save_config(given, Path(given.out_dir) / f"{given.stem()}_config.yaml")
+    cfg = given.sizes()
+    hook = cfg.hook_name
+    cache = cache_root() / "benchmarks" / f"sae_ts-{effect_cache_key(cfg)}"  # resumable
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -196,82 +205,69 @@ def main() -> None:
         clock = now
         print(f"[{name}] {timings[name]:.0f} s", flush=True)
 
-    model = load_model("gemma-3-270m", device=args.device)
+    model = load_model(cfg.model, device=cfg.device)
     lap("load model")
-    sae = train_reference_sae(
-        model,
-        HOOK,
-        d_sae=args.d_sae,
-        n_tokens=args.sae_tokens,
-        batch_size=args.sae_batch,
-        lr=args.sae_lr,
-        corpus_options=dict(
-            n_generated=args.corpus_generated,
-            generated_tokens=args.corpus_tokens,
-            n_sentences=args.corpus_sentences,
-        ),
-        device=args.device,
-    )
+    sae = train_reference_sae(model, hook, seed=cfg.seed, device=cfg.device, **cfg.sae.kwargs())
     lap("reference SAE")
 
     # --- task targets, from texts disjoint from the probe/CAA texts (other seed)
     targets: dict[str, tuple[int, float]] = {}
-    for task in tasks:
-        negative, positive = task_texts(task, 64, args.seed + 1)
-        targets[task] = target_feature(sae, model, negative, positive)
+    for task in cfg.tasks:
+        negative, positive = task_texts(task, 64, cfg.seed + 1)
+        targets[task] = target_feature(sae, model, hook, negative, positive)
     lap("task features")
 
     # --- one scale for every unit direction: median of a small calibration
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     d_model, d_sae = model.cfg.d_model, sae.cfg.d_sae
-    reference = attribute_texts("tense", n=4, seed=args.seed + 2)[0]
+    reference = attribute_texts("tense", n=4, seed=cfg.seed + 2)[0]
     picked = torch.randperm(d_sae, generator=gen)[:2]
     probes_dirs = torch.cat([torch.randn(2, d_model, generator=gen), sae.W_dec[picked]]).detach()
     probes_dirs = probes_dirs / probes_dirs.norm(dim=1, keepdim=True)
-    acts = harvest_activations(model, reference, HOOK, position="all")
+    acts = harvest_activations(model, reference, hook, position="all")
     act_norm = float(acts.norm(dim=1).mean())
     cal_grid = torch.logspace(math.log10(0.02 * act_norm), math.log10(2 * act_norm), 6)
-    cal = calibrate_scales(model, probes_dirs, HOOK, reference_texts=reference, scales=cal_grid)
+    cal = calibrate_scales(model, probes_dirs, hook, reference_texts=reference, scales=cal_grid)
     scale = float(cal.median())
     lap("calibration")
-    print(f"mean |x| at {HOOK}: {act_norm:.0f}; calibrated scale {scale:.0f}", flush=True)
+    print(f"mean |x| at {hook}: {act_norm:.0f}; calibrated scale {scale:.0f}", flush=True)
 
     # --- effect data: decoder rows (task targets first), random mixes of 2-4 decoder rows
     # (random positive weights), random Gaussian directions
     forced = [f for f, _ in targets.values()]
     others = [int(f) for f in torch.randperm(d_sae, generator=gen) if int(f) not in forced]
-    features = list(dict.fromkeys(forced + others))[: max(args.n_decoder, len(forced))]
+    features = list(dict.fromkeys(forced + others))[: max(cfg.n_decoder, len(forced))]
     decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
     rows = decoder[features]
-    mixes = torch.zeros(args.n_mix, d_model)
-    for i in range(args.n_mix):
+    mixes = torch.zeros(cfg.n_mix, d_model)
+    for i in range(cfg.n_mix):
         k = int(torch.randint(2, 5, (1,), generator=gen))
         picked = torch.randperm(d_sae, generator=gen)[:k]
         mixes[i] = torch.rand(k, generator=gen) @ decoder[picked]
-    randoms = torch.randn(args.n_random, d_model, generator=gen)
+    randoms = torch.randn(cfg.n_random, d_model, generator=gen)
     directions = torch.cat([rows, mixes, randoms])
     directions = directions / directions.norm(dim=1, keepdim=True)
     effects = measure_effects(
         model,
         sae,
         directions,
-        scale * args.effect_multiplier,
+        scale * cfg.effect_multiplier,
         prompts=EFFECT_PROMPTS,
-        n_samples=args.samples,
-        max_new_tokens=args.tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        do_sample=args.samples > 1,
-        steer_readout=args.readout == "steered",
+        n_samples=cfg.samples,
+        max_new_tokens=cfg.tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        do_sample=cfg.samples > 1,
+        steer_readout=cfg.readout == "steered",
         cache_dir=cache / "effects",
     )
     lap("effects")
     effect_model, report = EffectModel.fit(
         directions,
         effects,
-        hook_name=HOOK,
+        hook_name=hook,
         model_name=model.cfg.model_name,
-        seed=args.seed,
+        seed=cfg.seed,
         weight_decay=RIDGE_GRID,  # picked by 5-fold CV on the training split
     )
     wd = effect_model.provenance["weight_decay"]
@@ -285,24 +281,24 @@ def main() -> None:
     print(f"{len(fitted)}/{len(features)} decoder-row features have effect data", flush=True)
     feature_r2 = report.r2_per_feature.nan_to_num(-math.inf)
     ranked = [f for f in fitted if f not in forced]  # random order
-    if args.side_features == "fit":
+    if cfg.side_features == "fit":
         ranked.sort(key=lambda f: -float(feature_r2[f]))
-    side_features = ([f for f in forced if f in fitted] + ranked)[: args.n_side]
-    dec_vecs = [decoder_row_vector(sae, f, hook_name=HOOK).direction for f in side_features]
+    side_features = ([f for f in forced if f in fitted] + ranked)[: cfg.n_side]
+    dec_vecs = [decoder_row_vector(sae, f, hook_name=hook).direction for f in side_features]
     ts_vecs = [sae_ts_vector(effect_model, [f]).direction for f in side_features]
-    held_key = hashlib.sha256(str((side_features, args.held_samples)).encode()).hexdigest()[:8]
+    held_key = hashlib.sha256(str((side_features, cfg.held_samples)).encode()).hexdigest()[:8]
     held = measure_effects(
         model,
         sae,
         torch.stack(dec_vecs + ts_vecs).float(),
-        scale * args.effect_multiplier,
+        scale * cfg.effect_multiplier,
         prompts=HELD_OUT_PROMPTS,
-        n_samples=args.held_samples,
-        max_new_tokens=args.tokens,
-        batch_size=args.batch_size,
-        seed=args.seed + 1000,
-        do_sample=args.held_samples > 1,
-        steer_readout=args.readout == "steered",
+        n_samples=cfg.held_samples,
+        max_new_tokens=cfg.tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed + 1000,
+        do_sample=cfg.held_samples > 1,
+        steer_readout=cfg.readout == "steered",
         cache_dir=cache / f"held_out-{held_key}",
     )
     n_side = len(side_features)
@@ -324,12 +320,12 @@ def main() -> None:
     best_scales: dict[str, dict[str, float]] = {}
     own_scales: dict[str, dict[str, float]] = {}
     tables = (scores, best_scales, own_scales)
-    write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
+    write_report(given, cfg, targets, scale, act_norm, report, wd, side, tables, timings)
 
     # --- steering tasks
     coherence = LikelihoodCoherenceScorer(model)
-    for task in tqdm(tasks, desc="tasks"):
-        negative, positive = task_texts(task, 64, args.seed)
+    for task in tqdm(cfg.tasks, desc="tasks"):
+        negative, positive = task_texts(task, 64, cfg.seed)
         if task == "french":
             words = list(language_pairs().targets) + FRENCH_FUNCTION_WORDS
             behaviour = KeywordScorer(words, saturation=2)
@@ -337,8 +333,8 @@ def main() -> None:
             behaviour = ProbeScorer.fit(model, positive, negative, PROBE_HOOK, position="mean")
         feature = targets[task][0]
         vectors = {
-            "CAA": caa_vector(model, positive, negative, HOOK, normalize=True),
-            "SAE": decoder_row_vector(sae, feature, hook_name=HOOK),
+            "CAA": caa_vector(model, positive, negative, hook, normalize=True),
+            "SAE": decoder_row_vector(sae, feature, hook_name=hook),
         }
         if feature in fitted:
             vectors["SAE-TS"] = sae_ts_vector(effect_model, [feature])
@@ -349,7 +345,7 @@ def main() -> None:
         own = calibrate_scales(
             model,
             torch.stack([v.direction for v in vectors.values()]).float(),
-            HOOK,
+            hook,
             reference_texts=reference,
             scales=cal_grid,
         )
@@ -359,39 +355,45 @@ def main() -> None:
                 model,
                 vector,
                 prompts=EVAL_PROMPTS,
-                scales=[m * own_scale for m in sweep],
+                scales=[m * own_scale for m in cfg.sweep],
                 behavior_scorer=behaviour,
                 coherence_scorer=coherence,
-                max_new_tokens=args.eval_tokens,
-                seed=args.seed,
+                max_new_tokens=cfg.eval_tokens,
+                seed=cfg.seed,
             )
             scores[task][method] = result.best_score
             best_scales[task][method] = result.best_scale / own_scale
         lap(f"task {task}")
-        write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
+        write_report(given, cfg, targets, scale, act_norm, report, wd, side, tables, timings)
 
 
-def write_report(args, targets, scale, act_norm, report, wd, side, tables, timings):
-    """Print the tables and write ``sae_ts.md``, ``sae_ts.json`` and ``sae_ts.png``."""
+def write_report(given, cfg, targets, scale, act_norm, report, wd, side, tables, timings):
+    """Print the tables and write ``<stem>.md``, ``<stem>.json`` and ``<stem>.png``
+    (``given``: the config as given, ``cfg``: the sizes used)."""
     scores, best_scales, own_scales = tables
     tasks = list(scores)
+    out, stem = Path(cfg.out_dir), given.stem()
+    corpus = cfg.sae.corpus_options or {}
     lines = [
-        "# SAE-TS vs CAA vs SAE decoder-row steering (Gemma-3-270M)",
+        f"# SAE-TS vs CAA vs SAE decoder-row steering ({cfg.model})",
         "",
-        f"Command: `python benchmarks/sae_ts.py {' '.join(sys.argv[1:])}` "
-        f"(d_sae {args.d_sae} TopK k=32 SAE trained on {args.sae_tokens} token samples of a corpus "
-        f"of {args.corpus_generated} model rollouts x {args.corpus_tokens} tokens + "
-        f"{args.corpus_sentences} sentence pairs + the en/fr word list; effects of "
-        f"{args.n_decoder} decoder rows + {args.n_mix} random mixes of 2-4 rows + "
-        f"{args.n_random} random Gaussian directions, "
-        f"{len(EFFECT_PROMPTS)} prompts x {args.samples} samples x {args.tokens} tokens, "
-        f"features read {'unsteered from the text' if args.readout == 'text' else 'steered'} "
-        f"(held-out: {len(HELD_OUT_PROMPTS)} other prompts x {args.held_samples} samples, "
+        f"Command: `python benchmarks/sae_ts.py --config {out / f'{stem}_config.yaml'}` "
+        f"(d_sae {cfg.sae.d_sae} {cfg.sae.architecture} SAE trained on {cfg.sae.n_tokens} token "
+        f"samples of a corpus of {corpus.get('n_generated', 'the default')} model rollouts x "
+        f"{corpus.get('generated_tokens', 'the default')} tokens + "
+        f"{corpus.get('n_sentences', 'the default')} sentence pairs + the en/fr word list; "
+        "effects of "
+        f"{cfg.n_decoder} decoder rows + {cfg.n_mix} random mixes of 2-4 rows + "
+        f"{cfg.n_random} random Gaussian directions, "
+        f"{len(EFFECT_PROMPTS)} prompts x {cfg.samples} samples x {cfg.tokens} tokens, "
+        f"features read {'unsteered from the text' if cfg.readout == 'text' else 'steered'} "
+        f"(held-out: {len(HELD_OUT_PROMPTS)} other prompts x {cfg.held_samples} samples, "
         "other seed); "
-        f"task scale sweep {args.sweep} x each vector's calibrated scale; effects at the "
+        f"task scale sweep {','.join(f'{m:g}' for m in cfg.sweep)} x each vector's calibrated "
+        "scale; effects at the "
         f"median calibrated scale {scale:.0f} "
-        f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy prompts x "
-        f"{args.eval_tokens} tokens).",
+        f"(mean |x| at {cfg.hook_name} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy "
+        f"prompts x {cfg.eval_tokens} tokens).",
         "",
         f"Effect model (ridge, weight decay {wd:g} by "
         f"5-fold CV on the training split): held-out R^2 = {report.r2:.3f} "
@@ -417,14 +419,14 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
         "(x: best scale in units of the vector's own calibrated scale, the scale at which it "
         "raises the LM loss on the reference sentences by 0.5 nats; x0 = unsteered.)",
         "",
-        f"## Side effects on held-out rollouts (scale {args.effect_multiplier:g} x calibrated, "
+        f"## Side effects on held-out rollouts (scale {cfg.effect_multiplier:g} x calibrated, "
         "same for both vectors)",
         "",
         "Features: the task targets, then "
         + (
             "those whose effect the effect model predicts best (per-feature R^2 on its own "
             "held-out split)."
-            if args.side_features == "fit"
+            if cfg.side_features == "fit"
             else "random decoder-row features of the effect data."
         ),
         "",
@@ -459,9 +461,7 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
     ]
     text = "\n".join(lines)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.name}_quick" if args.quick else args.name
-    write_text_atomic(args.out / f"{name}.md", text)
+    write_text_atomic(out / f"{stem}.md", text)
     payload = dict(
         scale=scale,
         act_norm=act_norm,
@@ -473,19 +473,16 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
         own_scales=own_scales,
         side=side,
         timings=timings,
-        args={k: str(v) for k, v in vars(args).items()},
+        config=given.to_dict(),
     )
-    write_text_atomic(args.out / f"{name}.json", json.dumps(payload, indent=2))
-    plot(args.out / f"{name}.png", tasks, scores, dec_eff, ts_eff)
+    write_text_atomic(out / f"{stem}.json", json.dumps(payload, indent=2))
+    save_figure(plot(tasks, scores, dec_eff, ts_eff), out / f"{stem}.png", dpi=120)
 
 
-def plot(path: Path, tasks, scores, dec_eff, ts_eff) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+def plot(tasks, scores, dec_eff, ts_eff) -> Figure:
+    """Task scores by method, and per feature the two vectors' target change per side effect."""
+    fig = Figure(figsize=(11, 4), layout="tight")
+    left, right = fig.subplots(1, 2)
     width = 0.27
     for i, method in enumerate(METHODS):
         xs = [j + (i - 1) * width for j in range(len(tasks))]
@@ -500,9 +497,7 @@ def plot(path: Path, tasks, scores, dec_eff, ts_eff) -> None:
     right.set_xlabel("decoder row: target change / side effect")
     right.set_ylabel("SAE-TS: target change / side effect")
     right.set_title("Held-out rollouts, per feature")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

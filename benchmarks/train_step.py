@@ -18,7 +18,7 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEC
 from sae_lens.training.sae_trainer import SAETrainer
 
 from ssae_lens import TrainingSSAE, TrainingSSAEConfig
-from ssae_lens.training import SSAETrainer
+from ssae_lens.ssae.training import SSAETrainer
 
 
 def _trainer_cfg(batch: int, steps: int) -> SAETrainerConfig:

@@ -17,36 +17,40 @@ How a prompt becomes one vector (``position``):
 Each distinct text is run once. Texts are sorted by token length and batched to minimise padding,
 padding is masked with an explicit attention mask, the forward pass stops just after the deepest
 requested hook (``stop_at_layer``), and hooks keep only the requested positions, so full
-activations are never stored. Hooks already on the model (e.g. a steering hook) stay active.
+activations are never stored. Hooks already on the model (e.g. a steering hook) stay active
+(without ``cache_dir``; with it they are refused).
 Activations of attention hooks with a head dimension (e.g. ``blocks.L.attn.hook_q``,
 ``[batch, pos, head, d_head]``) are flattened to ``head * d_head``.
 
-With ``cache_dir`` set, activations are written as safetensors shards plus a JSON manifest in a
-folder keyed by the model (config and a checksum of its weights), the hooks, the position options
-and the token ids of the texts. Shards and manifest are written atomically, an interrupted run
-resumes at the last completed shard, and a rerun with the same key reads the cache instead of
-running the model. Cached activations are stored in float32 whatever the requested ``dtype``.
+With ``cache_dir`` set, activations are written as safetensors shards (a
+:class:`~ssae_lens._core.cache.ChunkStore`) in a folder keyed by everything that changes them:
+the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`), the hooks,
+the position options and the token ids of the texts. Shards are checksummed and written
+atomically; an interrupted run resumes at the first missing shard, a corrupt shard is
+recomputed with a warning, and a rerun with the same key reads the cache instead of running the
+model. Harvesting with a cache while hooks are active on the model (e.g. inside ``steer(...)``)
+raises, since the key does not describe hooks. Cached activations are stored in float32
+whatever the requested ``dtype``.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ssae_lens._io import atomic_path, write_json_atomic
+from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_hooks
+from ssae_lens._core.hooks import check_hook_names, stop_at_layer
+from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = [
     "PairedActivationStore",
@@ -62,9 +66,7 @@ POSITIONS: tuple[str, ...] = ("last", "mean", "all")
 HarvestOutput = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor, "n d"]]
 """Shifts, or ``(source_acts, target_acts)`` with ``return_both=True``."""
 
-_CACHE_FORMAT_VERSION = 1
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
-_EMBEDDING_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+_CACHE_FORMAT_VERSION = 2  # 2: full weight hash; checksummed ChunkStore shards
 
 
 class PairedActivationStore:
@@ -111,7 +113,7 @@ class PairedActivationStore:
     ):
         sources, targets = _as_text_pairs(pairs)
         self.model = model
-        self.hook_names = _as_hook_list(hook_names)
+        self.hook_names = check_hook_names(model, hook_names)
         self.position = position
         self.dtype = dtype
         self.device = torch.device(device)
@@ -245,7 +247,7 @@ def harvest_activations(
     harvester = _TextHarvester(
         model,
         list(texts),
-        _as_hook_list(hook_name),
+        check_hook_names(model, hook_name),
         position,
         describe=lambda i: f"text {i}",
         batch_size=batch_size,
@@ -257,23 +259,6 @@ def harvest_activations(
         for hook, value in acts.items()
     }
     return out[hook_name] if isinstance(hook_name, str) else out
-
-
-def model_fingerprint(model: HookedTransformer) -> str:
-    """A cheap identity of a model: sha256 of its config and of a strided sample of every weight.
-
-    Two models with the same architecture but different weights get different fingerprints;
-    the device the model lives on does not matter.
-    """
-    cfg = {k: v for k, v in model.cfg.to_dict().items() if k not in ("device", "n_devices")}
-    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            flat = param.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 256)][:256]
-            digest.update(name.encode())
-            digest.update(sample.to("cpu", torch.float32).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class _TextHarvester:
@@ -317,7 +302,7 @@ class _TextHarvester:
             raise ValueError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}.")
         if not texts:
             raise ValueError("No texts to harvest: the dataset is empty.")
-        _check_hooks(model, hook_names)
+        check_hook_names(model, hook_names)
 
         self.model = model
         self.hook_names = hook_names
@@ -325,7 +310,7 @@ class _TextHarvester:
         self.batch_size = batch_size
         self.padding_side = padding_side or model.tokenizer.padding_side or "right"
         self.progress = progress
-        self.stop_at_layer = _stop_layer(hook_names)
+        self.stop_at_layer = stop_at_layer(hook_names)
         if prepend_bos is None:
             prepend_bos = model.cfg.default_prepend_bos
         has_bos = bool(prepend_bos) and model.tokenizer.bos_token_id is not None
@@ -368,11 +353,14 @@ class _TextHarvester:
             self.row_slices[u] = slice(start, start + rows[u])
             start += rows[u]
         self.shard_size = shard_size
-        self.cache = (
-            _ShardCache(Path(cache_dir), self._cache_key(prepend_bos, include_bos), shard_size)
-            if cache_dir is not None
-            else None
-        )
+        self.cache: ChunkStore | None = None
+        if cache_dir is not None:
+            refuse_active_hooks(model, what="Harvesting with cache_dir")
+            key = self._cache_key(prepend_bos, include_bos)
+            name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+            self.cache = ChunkStore(
+                Path(cache_dir) / name, key, len(self.order), shard_size, keep_stored_layout=True
+            )
 
     def _cache_key(self, prepend_bos: bool, include_bos: bool) -> dict[str, Any]:
         tokens = hashlib.sha256()
@@ -399,22 +387,22 @@ class _TextHarvester:
 
     def run(self) -> dict[str, Float[Tensor, "rows d"]]:
         """Per hook, the reduced activations of all distinct texts (float32, CPU)."""
-        shard_size = self.cache.shard_size if self.cache is not None else self.shard_size
-        shards = [self.order[i : i + shard_size] for i in range(0, len(self.order), shard_size)]
-        done = self.cache.completed() if self.cache is not None else set()
+        store = self.cache
+        if store is not None:
+            store.open()  # may adopt the shard size the cache was started with
+            shards, todo = store.chunks, sum(map(len, store.pending()))
+        else:
+            n, size = len(self.order), self.shard_size
+            shards, todo = [range(a, min(a + size, n)) for a in range(0, n, size)], n
         out: dict[str, list[Tensor]] = {hook: [] for hook in self.hook_names}
-        todo = sum(len(s) for k, s in enumerate(shards) if k not in done)
         bar = tqdm(total=todo, desc="Harvesting", unit="text", disable=not self.progress)
         with torch.no_grad():
-            for k, shard in enumerate(shards):
-                expected_rows = sum(
-                    self.row_slices[u].stop - self.row_slices[u].start for u in shard
-                )
-                acts = self.cache.load(k, expected_rows) if k in done else None
+            for items in shards:
+                acts = store.read(items) if store is not None else None
                 if acts is None:
-                    acts = self._run_shard(shard, bar)
-                    if self.cache is not None:
-                        self.cache.save(k, acts, len(shards))
+                    acts = self._run_shard(self.order[items.start : items.stop], bar)
+                    if store is not None:
+                        store.write(items, acts)
                 for hook in self.hook_names:
                     out[hook].append(acts[hook])
         bar.close()
@@ -432,14 +420,14 @@ class _TextHarvester:
     def _run_batch(self, batch: list[int]) -> dict[str, Tensor]:
         model = self.model
         lengths = torch.tensor([len(self.tokens[u]) for u in batch])
-        width = int(lengths.max())
-        pad_id = model.tokenizer.pad_token_id
-        tokens = torch.full((len(batch), width), 0 if pad_id is None else pad_id)
+        tokens, mask = pad_token_rows(
+            [self.tokens[u] for u in batch],
+            side=self.padding_side,
+            pad_id=model.tokenizer.pad_token_id,
+        )
+        width = tokens.shape[1]
         starts = width - lengths if self.padding_side == "left" else torch.zeros_like(lengths)
-        for row, (u, start) in enumerate(zip(batch, starts.tolist(), strict=True)):
-            tokens[row, start : start + len(self.tokens[u])] = torch.tensor(self.tokens[u])
         positions = torch.arange(width)[None, :]
-        mask = (positions >= starts[:, None]) & (positions < (starts + lengths)[:, None])
         keep = mask & (positions != starts[:, None]) if self.drop_bos else mask
         last = starts + lengths - 1
 
@@ -474,59 +462,6 @@ class _TextHarvester:
         return captured
 
 
-class _ShardCache:
-    """Safetensors shards and a JSON manifest in ``root/<hash of key>``, written atomically."""
-
-    def __init__(self, root: Path, key: dict[str, Any], shard_size: int):
-        self.key = key
-        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-        self.folder = root / name
-        self.manifest_path = self.folder / "manifest.json"
-        self.shard_size = shard_size
-        manifest = self._read_manifest()
-        if manifest is not None:
-            # A resumed run keeps the shard layout it started with.
-            self.shard_size = manifest["shard_size"]
-
-    def _read_manifest(self) -> dict[str, Any] | None:
-        if not self.manifest_path.is_file():
-            return None
-        manifest = json.loads(self.manifest_path.read_text())
-        return manifest if manifest.get("key") == self.key else None
-
-    def completed(self) -> set[int]:
-        manifest = self._read_manifest()
-        if manifest is None:
-            return set()
-        return {k for k in manifest["completed"] if self._shard_path(k).is_file()}
-
-    def _shard_path(self, k: int) -> Path:
-        return self.folder / f"shard_{k:05d}.safetensors"
-
-    def load(self, k: int, expected_rows: int) -> dict[str, Tensor] | None:
-        """Shard ``k``, or ``None`` if it does not hold ``expected_rows`` rows for every hook."""
-        acts = load_file(self._shard_path(k))
-        if set(acts) != set(self.key["hook_names"]) or any(
-            t.shape[0] != expected_rows for t in acts.values()
-        ):
-            return None
-        return acts
-
-    def save(self, k: int, acts: dict[str, Tensor], n_shards: int) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._shard_path(k)
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file({hook: t.contiguous() for hook, t in acts.items()}, tmp)
-        completed = self.completed() | {k}
-        manifest = {
-            "key": self.key,
-            "shard_size": self.shard_size,
-            "n_shards": n_shards,
-            "completed": sorted(completed),
-        }
-        write_json_atomic(self.manifest_path, manifest)
-
-
 def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:
     if hasattr(pairs, "sources") and hasattr(pairs, "targets"):
         sources, targets = pairs.sources, pairs.targets
@@ -551,39 +486,6 @@ def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:
 
 def _describe_pair_text(i: int, n_pairs: int) -> str:
     return f"pair {i} (source)" if i < n_pairs else f"pair {i - n_pairs} (target)"
-
-
-def _as_hook_list(hook_names: str | Sequence[str]) -> list[str]:
-    names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
-    if not names:
-        raise ValueError("No hook names given; pass e.g. 'blocks.6.hook_resid_post'.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Duplicate hook names in {names}.")
-    return names
-
-
-def _check_hooks(model: HookedTransformer, hook_names: list[str]) -> None:
-    for name in hook_names:
-        if name not in model.hook_dict:
-            close = difflib.get_close_matches(name, list(model.hook_dict), n=5, cutoff=0.6)
-            hint = f" Close valid names: {close}." if close else ""
-            raise ValueError(
-                f"Unknown hook name {name!r} for this model.{hint} "
-                "All names are in model.hook_dict."
-            )
-
-
-def _stop_layer(hook_names: list[str]) -> int | None:
-    """``stop_at_layer`` that runs exactly up to the deepest hook (``None``: the whole model)."""
-    stops = []
-    for name in hook_names:
-        if match := _BLOCK_HOOK.match(name):
-            stops.append(int(match.group(1)) + 1)
-        elif name in _EMBEDDING_HOOKS:
-            stops.append(0)
-        else:
-            return None
-    return max(stops)
 
 
 def _cast(x: Tensor, dtype: torch.dtype, device: torch.device | str) -> Tensor:

@@ -1,4 +1,4 @@
-"""The ``ssae-lens`` command line: harvest, train, evaluate, steer, diagnose, publish, demo.
+"""The ``ssae-lens`` command line: harvest, train, evaluate, steer, diagnose, publish, demo, paper.
 
 Every command reads a YAML config (see ``configs/`` and :mod:`ssae_lens.config`), accepts
 ``--set key=value`` overrides (dotted keys for sections: ``--set train.d_sae=4``), writes its
@@ -8,28 +8,32 @@ went. A pipeline is three commands on one config::
     ssae-lens harvest configs/binary.yaml
     ssae-lens train configs/binary.yaml
     ssae-lens evaluate configs/binary.yaml
+
+The commands parse, call the library and write outputs. Each imports what it needs when it
+runs (the ``ssae-lens`` process skips the eager imports of ``ssae_lens/__init__.py``), so
+``--help`` answers without loading torch or SAELens.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
+import runpy
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 
-from ssae_lens import models
-from ssae_lens._io import atomic_path, write_text_atomic
+from ssae_lens._core.io import write_text_atomic
 from ssae_lens.config import ConfigError, ExperimentConfig, load_config, save_config
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    from ssae_lens.shift_data import ShiftData
 
 app = typer.Typer(
     name="ssae-lens",
@@ -40,7 +44,6 @@ app = typer.Typer(
 )
 
 SHIFTS_FILENAME = "shifts.safetensors"
-_SPLITS = ("train", "test")
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/).")]
 SetOpt = Annotated[
@@ -74,101 +77,34 @@ def _experiment(config: Path, overrides: list[str] | None) -> ExperimentConfig:
     return load_config(config, ExperimentConfig, overrides or [])
 
 
-def _results_dir(cfg: Any, command: str) -> Path:
+def _results_dir(cfg: ExperimentConfig, command: str) -> Path:
     out = Path(cfg.out_dir) / command
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     return out
 
 
-def _existing(path: Path | None, what: str) -> Path | None:
-    if path is not None and not path.exists():
+def _existing(path: Path, what: str) -> Path:
+    if not path.exists():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
     return path
 
 
-# ---------------------------------------------------------------------------------- data
+def _shift_data(
+    cfg: ExperimentConfig, shifts: Path | None, model: HookedTransformer | None = None
+) -> ShiftData:
+    """The shifts file given, or the config's ``harvest`` output (harvested now if missing,
+    with ``model`` if given)."""
+    from ssae_lens.shift_data import ShiftData, experiment_data
 
-
-def _load_dataset(cfg: ExperimentConfig) -> Any:
-    from ssae_lens.pairs import ConceptPairs, load_pairs
-
-    if cfg.dataset.endswith(".jsonl"):
-        return ConceptPairs.from_jsonl(_existing(Path(cfg.dataset), "pairs file"))
-    if cfg.dataset.endswith(".csv"):
-        return ConceptPairs.from_csv(_existing(Path(cfg.dataset), "pairs file"))
-    return load_pairs(cfg.dataset)
-
-
-def harvest_to_file(cfg: ExperimentConfig, path: Path) -> Path:
-    """Harvest (or sample, for ``synthetic``) train/test shifts and save them to ``path``.
-
-    Keys: ``{split}.shifts`` ``(n, d)``, and where available ``{split}.source`` /
-    ``{split}.target`` (activations of both sides) and ``{split}.labels`` ``(n, c)``.
-    """
-    tensors: dict[str, Tensor] = {}
-    meta = {"dataset": cfg.dataset, "model": cfg.model, "hook_name": cfg.hook_name}
-    if cfg.dataset == "synthetic":
-        from ssae_lens.synthetic import make_synthetic_shifts
-
-        data = make_synthetic_shifts(**cfg.synthetic)
-        n_test = round(len(data.shifts) * cfg.harvest.test_fraction)
-        gen = torch.Generator().manual_seed(cfg.harvest.split_seed)
-        order = torch.randperm(len(data.shifts), generator=gen)
-        for split, idx in zip(_SPLITS, (order[n_test:], order[:n_test]), strict=True):
-            tensors[f"{split}.shifts"] = data.shifts[idx]
-            tensors[f"{split}.labels"] = data.concept_changes[idx]
-        tensors["mixing"] = data.mixing
-        meta["concepts"] = json.dumps([f"concept_{i}" for i in range(data.mixing.shape[1])])
-    else:
-        from ssae_lens.activations import harvest_shifts
-
-        pairs = _load_dataset(cfg)
-        model = models.load_model(cfg.model)
-        splits = pairs.split(cfg.harvest.test_fraction, seed=cfg.harvest.split_seed)
-        cache = models.cache_root() / "activations" if cfg.harvest.use_cache else None
-        concepts = pairs.concepts
-        for split, part in zip(_SPLITS, splits, strict=True):
-            source, target = harvest_shifts(
-                model,
-                part,
-                cfg.hook_name,
-                cfg.position,
-                batch_size=cfg.harvest.batch_size,
-                cache_dir=cache,
-                return_both=True,
-            )
-            tensors[f"{split}.source"], tensors[f"{split}.target"] = source, target
-            tensors[f"{split}.shifts"] = target - source
-            if concepts:
-                tensors[f"{split}.labels"] = part.label_matrix(concepts)[0].float()
-        meta["concepts"] = json.dumps(concepts)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, tmp, metadata=meta)
-    return path
-
-
-def load_shifts(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """The tensors and metadata of a file written by ``ssae-lens harvest``."""
-    _existing(path, "shifts file")
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
-        meta = f.metadata() or {}
-    if "train.shifts" not in tensors:
-        raise ValueError(f"{path} holds no 'train.shifts'; write it with `ssae-lens harvest`.")
-    return tensors, meta
-
-
-def _shifts_for(cfg: ExperimentConfig, shifts: Path | None) -> tuple[dict[str, Tensor], dict]:
     if shifts is not None:
-        return load_shifts(shifts)
+        return ShiftData.load(shifts)
     default = Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME
     if not default.exists():
         typer.echo(f"No {default}: harvesting first.")
-        harvest_to_file(cfg, default)
+        experiment_data(cfg, model).save(default)
         _results_dir(cfg, "harvest")
-    return load_shifts(default)
+    return ShiftData.load(default)
 
 
 def _ssae_dirs(cfg: ExperimentConfig, ssae: list[Path] | None) -> list[Path]:
@@ -183,8 +119,10 @@ def _ssae_dirs(cfg: ExperimentConfig, ssae: list[Path] | None) -> list[Path]:
     return folders
 
 
-def _load_sae(path: Path) -> Any:
+def _load_sae(path: Path) -> SAE:
     from sae_lens import SAE
+
+    import ssae_lens.ssae  # noqa: F401  (registers the "ssae" architecture with SAELens)
 
     if not (path / "cfg.json").exists():
         raise FileNotFoundError(f"{path} is not a SAELens SAE folder (no cfg.json).")
@@ -201,8 +139,10 @@ def harvest(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: ssae-lens harvest configs/binary.yaml --set harvest.batch_size=16
     """
+    from ssae_lens.shift_data import experiment_data
+
     cfg = _experiment(config, set_)
-    path = harvest_to_file(cfg, Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME)
+    path = experiment_data(cfg).save(Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME)
     out = _results_dir(cfg, "harvest")
     typer.echo(f"Shifts: {path}\nConfig: {out / 'config.yaml'}")
 
@@ -220,72 +160,23 @@ def train(
 
     Example: ssae-lens train configs/binary.yaml --set seeds=[0,1] --set train.training_steps=500
     """
-    from ssae_lens.training import train_ssae
+    from ssae_lens._core.io import atomic_dir
+    from ssae_lens.ssae.training import train_ssae
 
     cfg = _experiment(config, set_)
-    tensors, meta = _shifts_for(cfg, shifts)
-    data = tensors["train.shifts"]
-    tcfg = cfg.training_config(d_in=data.shape[1])
+    data = _shift_data(cfg, shifts)
+    tcfg = cfg.training_config(d_in=data.shifts_tr.shape[1])
     out = _results_dir(cfg, "train")
     for seed in cfg.seeds:
-        sae = train_ssae(data, tcfg, seed=seed)
-        sae.cfg.metadata.model_name = meta.get("model", cfg.model)
-        sae.cfg.metadata.hook_name = meta.get("hook_name", cfg.hook_name)
-        sae.cfg.metadata.dataset = meta.get("dataset", cfg.dataset)
+        sae = train_ssae(data.shifts_tr, tcfg, seed=seed)
+        sae.cfg.metadata.model_name = data.metadata.get("model", cfg.model)
+        sae.cfg.metadata.hook_name = data.metadata.get("hook_name", cfg.hook_name)
+        sae.cfg.metadata.dataset = data.metadata.get("dataset", cfg.dataset)
         folder = out / f"seed{seed}"
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".seed{seed}."))
-        sae.save_model(tmp)
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        with atomic_dir(folder, exists="replace") as tmp:
+            sae.save_model(tmp)
         typer.echo(f"SSAE (seed {seed}, SAELens format): {folder}")
     typer.echo(f"Config: {out / 'config.yaml'}")
-
-
-def evaluate_ssaes(saes: list[Any], tensors: dict[str, Tensor]) -> dict[str, Any]:
-    """Seed agreement, concept alignment and held-out steering accuracy of trained SSAEs.
-
-    Alignment is the matched |cosine| of each SSAE's directions with the supervised concept
-    directions (or the true mixing columns for synthetic data); steering accuracy adds, per
-    held-out pair, the sign-matched directions of the concepts it changes.
-    """
-    from ssae_lens.metrics import (
-        concept_directions,
-        matched_cosine,
-        seed_agreement_mcc,
-        steering_accuracy,
-    )
-
-    metrics: dict[str, Any] = {"n_ssaes": len(saes)}
-    if len(saes) > 1:
-        mean, per_pair = seed_agreement_mcc([s.steering_directions() for s in saes])
-        metrics["seed_agreement_mcc"], metrics["seed_agreement_pairs"] = mean, per_pair
-    if "mixing" in tensors:
-        reference = tensors["mixing"].T
-    elif "train.labels" in tensors:
-        reference = concept_directions(tensors["train.shifts"], tensors["train.labels"])
-    else:
-        return metrics
-    alignment, accuracy = [], []
-    for sae in saes:
-        dirs = sae.steering_directions().detach()
-        m = matched_cosine(dirs, reference)
-        alignment.append(m.mcc)
-        if "test.source" in tensors and "test.labels" in tensors:
-            matched = torch.zeros_like(reference)
-            for r, c in zip(m.rows, m.cols, strict=True):
-                matched[c] = dirs[r] * torch.sign(dirs[r] @ reference[c])
-            unit = matched / matched.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-            per_pair = tensors["test.labels"] @ unit
-            accuracy.append(
-                steering_accuracy(tensors["test.source"], tensors["test.target"], per_pair)
-            )
-    metrics["concept_alignment"] = alignment
-    if accuracy:
-        metrics["steering_accuracy"] = accuracy
-    return metrics
 
 
 @app.command()
@@ -298,17 +189,17 @@ def evaluate(
     ] = None,
     shifts: Annotated[Path | None, typer.Option(help="Shifts file from `harvest`.")] = None,
 ) -> None:
-    """Seed agreement (MCC), concept alignment and steering accuracy, written as JSON.
+    """Seed agreement (MCC), concept alignment, steering accuracy and label MCC, as JSON.
 
     Example: ssae-lens evaluate configs/binary.yaml
     """
+    from ssae_lens.compare import evaluate_ssaes
+
     cfg = _experiment(config, set_)
     saes = [_load_sae(p) for p in _ssae_dirs(cfg, ssae)]
-    tensors, _ = _shifts_for(cfg, shifts)
-    metrics = evaluate_ssaes(saes, tensors)
+    metrics = evaluate_ssaes(saes, _shift_data(cfg, shifts))
     out = _results_dir(cfg, "evaluate")
-    path = out / "metrics.json"
-    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
+    path = write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     for key, value in metrics.items():
         typer.echo(f"{key}: {value}")
     typer.echo(f"Metrics: {path}\nConfig: {out / 'config.yaml'}")
@@ -328,33 +219,43 @@ def steer(
 
     Example: ssae-lens steer configs/binary.yaml --set steer.latent=1 --set steer.scale=40
     """
+    from ssae_lens import models
+    from ssae_lens.generation import generate_texts
     from ssae_lens.steering import SteeringVector
     from ssae_lens.steering import steer as steering
 
     cfg = _experiment(config, set_)
+    scale = cfg.steer.scale
     if vector is not None:
         vec = SteeringVector.load(_existing(vector, "steering vector"))
+        scale = vec.default_scale if scale is None else scale
     else:
-        folder = ssae or _ssae_dirs(cfg, None)[0]
-        sae = _load_sae(_existing(folder, "SSAE folder"))
+        sae = _load_sae(ssae if ssae is not None else _ssae_dirs(cfg, None)[0])
         if not 0 <= cfg.steer.latent < sae.cfg.d_sae:
             raise ValueError(
                 f"steer.latent={cfg.steer.latent} is out of range [0, {sae.cfg.d_sae})."
             )
         vec = SteeringVector.from_ssae(sae, cfg.steer.latent, hook_name=cfg.hook_name)
-    model = models.load_model(cfg.model)
+    model = models.load_model(cfg.model, device=cfg.device)
+    if scale is None:  # an SSAE column: a fraction of the typical shift
+        scale = cfg.steer.scale_fraction * _shift_data(cfg, None, model).median_shift_norm()
     vec.check_compatible(model)
-    scale = vec.default_scale if cfg.steer.scale is None else cfg.steer.scale
-    rows = []
-    for prompt in cfg.steer.prompts:
-        plain = _generate(model, prompt, cfg.steer.max_new_tokens)
-        with steering(model, vec, scale=scale, positions=cfg.steer.positions):
-            steered = _generate(model, prompt, cfg.steer.max_new_tokens)
-        rows.append({"prompt": prompt, "unsteered": plain, "steered": steered})
+
+    def greedy() -> list[str]:
+        texts = generate_texts(model, cfg.steer.prompts, cfg.steer.max_new_tokens, do_sample=False)
+        return [" ".join(t.split()) for t in texts]
+
+    plain = greedy()
+    with steering(model, vec, scale=scale, positions=cfg.steer.positions):
+        steered = greedy()
+    rows = [
+        {"prompt": p, "unsteered": u, "steered": s}
+        for p, u, s in zip(cfg.steer.prompts, plain, steered, strict=True)
+    ]
     out = _results_dir(cfg, "steer")
-    path = out / "generations.json"
-    write_text_atomic(
-        path, json.dumps({"vector": repr(vec), "scale": scale, "rows": rows}, indent=2)
+    path = write_text_atomic(
+        out / "generations.json",
+        json.dumps({"vector": repr(vec), "scale": scale, "rows": rows}, indent=2),
     )
     typer.echo(f"{vec!r} at scale {scale:g}")
     typer.echo(_side_by_side(rows))
@@ -384,8 +285,9 @@ def diagnose(
     )
     out = _results_dir(cfg, "diagnose")
     plot = report.plot(out / "diagnose.png")
-    path = out / "report.json"
-    write_text_atomic(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    path = write_text_atomic(
+        out / "report.json", json.dumps(report.to_dict(), indent=2, default=str) + "\n"
+    )
     typer.echo(report.summary())
     typer.echo(f"Report: {path}\nPlot: {plot}\nConfig: {out / 'config.yaml'}")
 
@@ -411,8 +313,7 @@ def publish(
     cfg = _experiment(config, set_)
     if not cfg.publish.repo_id:
         raise ConfigError("publish.repo_id is not set; e.g. --set publish.repo_id=user/name.")
-    folder = ssae or _ssae_dirs(cfg, None)[0]
-    sae = _load_sae(_existing(folder, "SSAE folder"))
+    sae = _load_sae(ssae if ssae is not None else _ssae_dirs(cfg, None)[0])
     metrics_file = Path(cfg.out_dir) / "evaluate" / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     shown = {k: v for k, v in metrics.items() if not k.endswith("_pairs")}
@@ -441,30 +342,47 @@ def demo(config: ConfigArg, set_: SetOpt = None) -> None:
 
     cfg = load_config(config, DemoConfig, set_ or [])
     report = run_demo(cfg)
-    save_config(cfg, Path(cfg.out_dir) / "config.yaml")
     typer.echo(f"Report: {report}\nConfig: {Path(cfg.out_dir) / 'config.yaml'}")
 
 
 @app.command()
 @_clean_errors
 def paper(config: ConfigArg, set_: SetOpt = None) -> None:
-    """Reproduce the SSAE paper's tables (identifiability, steering accuracy, transfer).
+    """Reproduce the SSAE paper's tables: runs benchmarks/paper.py of a repository checkout.
 
     Example: ssae-lens paper configs/paper.yaml --set seeds=[0,1] --set layers=[12]
     """
-    from ssae_lens.paper import PaperConfig, run_paper
-
-    cfg = load_config(config, PaperConfig, set_ or [])
-    report = run_paper(cfg)
-    typer.echo(f"Report: {report}\nConfig: {Path(cfg.out_dir) / (cfg.name + '_config.yaml')}")
+    script = _benchmark_script("paper.py")
+    _existing(config, "config file")
+    _run_script(script, ["--config", str(config), *(f"--set={s}" for s in set_ or [])])
 
 
 # ------------------------------------------------------------------------------- helpers
 
 
-def _generate(model: Any, prompt: str, max_new_tokens: int) -> str:
-    text = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, verbose=False)
-    return text[len(prompt) :].replace("\n", " ").strip()
+def _benchmark_script(name: str) -> Path:
+    """``benchmarks/<name>`` of the repository this package is imported from, or of the
+    current folder."""
+    roots = [Path(__file__).resolve().parents[1], Path.cwd()]
+    for root in roots:
+        script = root / "benchmarks" / name
+        if script.is_file():
+            return script
+    raise FileNotFoundError(
+        f"benchmarks/{name} is not next to this installation or in {Path.cwd()}: the studies "
+        "live in the ssae-lens repository, not in the package; run this command in a clone of "
+        f"it (or there: python benchmarks/{name} --config configs/{Path(name).stem}.yaml)."
+    )
+
+
+def _run_script(script: Path, argv: Sequence[str]) -> None:
+    """Run ``script`` as ``__main__`` with ``argv``, as ``python script argv`` would."""
+    saved = sys.argv
+    sys.argv = [str(script), *argv]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def _side_by_side(rows: list[dict[str, str]], width: int = 40) -> str:
@@ -481,6 +399,7 @@ def _side_by_side(rows: list[dict[str, str]], width: int = 40) -> str:
 
 
 def main() -> None:
+    """The ``ssae-lens`` console script."""
     app(prog_name="ssae-lens")
 
 

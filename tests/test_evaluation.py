@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import torch
 
+from ssae_lens.generation import generate_texts
 from ssae_lens.steering import SteeringVector, steer
 from ssae_lens.steering.evaluation import evaluate_steering
 from ssae_lens.steering.scorers import (
@@ -170,18 +171,13 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
     assert result.best_scale == max(hand_scores, key=hand_scores.get)
 
     # Scale 0 is the unsteered model: rows [p0, p0, p1] then [p1] (batch_size 3), sampled
-    # with seeds 3 and 4 exactly as a plain generate call.
+    # with seeds 3 and 4 exactly as a plain generation call of those batches.
     expected = {}
     for c, chunk in enumerate([[(0, 0), (0, 1), (1, 0)], [(1, 1)]]):
         prompts = [PROMPTS[i] for i, _ in chunk]
-        prompt_len = tiny_model.to_tokens(prompts, padding_side="left").shape[1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(3 + c)
-            out = tiny_model.generate(
-                prompts, max_new_tokens=6, do_sample=True, verbose=False, return_type="tokens"
-            )
-        for key, row in zip(chunk, out, strict=True):
-            expected[key] = _decode(tiny_model, row[prompt_len:])
+        texts = generate_texts(tiny_model, prompts, 6, seed=3 + c)
+        for key, text in zip(chunk, texts, strict=True):
+            expected[key] = text
     index = {p: i for i, p in enumerate(PROMPTS)}
     assert {(index[s.prompt], s.sample): s.text for s in result.samples_at(0.0)} == expected
     for s in result.samples:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from ssae_lens.builtin_pairs import attribute_texts
+from ssae_lens.data.builtin import attribute_texts
 from ssae_lens.steering import caa_vector
 from ssae_lens.steering.evaluation import evaluate_steering
 from ssae_lens.steering.scorers import KeywordScorer, LikelihoodCoherenceScorer

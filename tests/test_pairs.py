@@ -13,8 +13,8 @@ import datasets
 import pytest
 import torch
 
-from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, attribute_texts, sentence_pairs
-from ssae_lens.pairs import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
+from ssae_lens.data import ConceptPairs, DuplicatePairsWarning, list_pairs, load_pairs
+from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, attribute_texts, sentence_pairs
 
 RECORDS = [
     {"source": "king", "target": "reine", "labels": {"language": 1, "gender": 1}},
@@ -265,7 +265,7 @@ def test_fingerprint_stable_and_sensitive():
     others = {p.fingerprint() for p in (changed_text, changed_label, swapped, unlabelled)}
     assert fp not in others and len(others) == 4
     # same value in a fresh interpreter with another hash seed
-    code = "from ssae_lens import pairs as p; print(p.load_pairs('binary').fingerprint())"
+    code = "from ssae_lens import data as p; print(p.load_pairs('binary').fingerprint())"
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True

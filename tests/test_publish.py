@@ -1,12 +1,11 @@
 """Hub publishing: the folder round-trips through ``SAE.from_pretrained`` from a local cache,
-and the upload speaks the Hub's HTTP protocol to a stand-in server on 127.0.0.1."""
+and the upload speaks the Hub's HTTP protocol to the stand-in server on 127.0.0.1
+(``fake_hub`` in conftest.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import huggingface_hub.constants as hf_constants
 import pytest
@@ -89,64 +88,9 @@ def test_bad_arguments_name_the_fix(tmp_path, kwargs, message):
         publish(_ssae(), args.pop("repo_id"), args.pop("sae_id"), out_dir=tmp_path, **args)
 
 
-def _lower(headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
-
-
-class _FakeHub(BaseHTTPRequestHandler):
-    """Answers the four Hub endpoints ``create_repo`` + ``upload_folder`` use; records requests."""
-
-    requests: list[tuple[str, str, dict[str, str], bytes]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.requests.append(("POST", self.path, _lower(self.headers), body))
-        base = f"http://127.0.0.1:{self.server.server_port}"
-        if self.path == "/api/repos/create":
-            return self._reply({"url": f"{base}/{REPO}", "name": REPO, "id": "1"})
-        if self.path == "/api/validate-yaml":
-            return self._reply({"warnings": []})
-        if self.path == f"/api/models/{REPO}/preupload/main":
-            files = json.loads(body)["files"]
-            modes = [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
-            ]
-            return self._reply({"files": modes})
-        if self.path == f"/api/models/{REPO}/commit/main":
-            oid = "c" * 40
-            return self._reply({"commitUrl": f"{base}/{REPO}/commit/{oid}", "commitOid": oid})
-        self._reply({"error": f"unexpected {self.path}"}, 404)
-
-    def do_GET(self) -> None:
-        self.requests.append(("GET", self.path, _lower(self.headers), b""))
-        self._reply({"error": f"unexpected {self.path}"}, 404)
-
-    def _reply(self, obj: dict, code: int = 200) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    _FakeHub.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", _FakeHub.requests
-    server.shutdown()
-    server.server_close()
-
-
 def test_upload_sends_every_file_of_the_folder_to_the_hub_api(tmp_path, fake_hub):
-    endpoint, requests = fake_hub
+    endpoint, hub = fake_hub
+    requests = hub.requests
     folder = publish(_ssae(), REPO, SAE_ID, out_dir=tmp_path, token="hf_test", endpoint=endpoint)
 
     paths = [path for _, path, _, _ in requests]
@@ -173,9 +117,10 @@ def test_upload_sends_every_file_of_the_folder_to_the_hub_api(tmp_path, fake_hub
     local = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert set(sent) == {"README.md", f"{SAE_ID}/cfg.json", f"{SAE_ID}/sae_weights.safetensors"}
     assert sent == local
+    assert hub.repos[REPO] == local
 
 
 def test_dry_run_makes_no_request(tmp_path, fake_hub):
-    endpoint, requests = fake_hub
+    endpoint, hub = fake_hub
     publish(_ssae(), REPO, SAE_ID, out_dir=tmp_path, dry_run=True, endpoint=endpoint)
-    assert requests == []
+    assert hub.requests == []

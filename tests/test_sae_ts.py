@@ -9,7 +9,8 @@ import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
-import ssae_lens.sae_ts as sae_ts
+import ssae_lens.sae_ts.calibration as sae_ts_calibration
+import ssae_lens.sae_ts.effects as sae_ts_effects
 from ssae_lens.sae_ts import (
     EffectModel,
     calibrate_scales,
@@ -138,7 +139,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
     reference = effects(tiny_model, tiny_sae, dirs, chunk_size=1)
 
     calls = {"n": 0}
-    original = sae_ts.generate_tokens
+    original = sae_ts_effects.generate_tokens
 
     def failing_generate(*args, **kwargs):
         calls["n"] += 1
@@ -146,11 +147,15 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sae_ts, "generate_tokens", failing_generate)
+    monkeypatch.setattr(sae_ts_effects, "generate_tokens", failing_generate)
     with pytest.raises(KeyboardInterrupt):
         effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path)
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["baseline.safetensors", "effects.json", "effects_00000000.safetensors"]
+    assert written == [
+        "baseline.safetensors",
+        "chunk_0000000000_0000000001.safetensors",
+        "manifest.json",
+    ]
 
     calls["n"] = -100  # no more failures; count the generate calls of the resumed run
     resumed = effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path)
@@ -161,8 +166,53 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
         effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path, max_new_tokens=4)
 
 
+def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
+    from conftest import build_tiny_model
+
+    from ssae_lens._core.cache import CacheWarning
+
+    dirs = unit_directions(2, seed=4)
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=32))
+    sae.cfg.metadata.hook_name = HOOK
+    with torch.no_grad():
+        sae.b_enc.fill_(0.1)
+    first = effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+
+    # A damaged chunk or baseline is recomputed with a warning naming it, never returned.
+    chunk = tmp_path / "chunk_0000000001_0000000002.safetensors"
+    chunk.write_bytes(chunk.read_bytes()[:-7])
+    baseline = tmp_path / "baseline.safetensors"
+    data = bytearray(baseline.read_bytes())
+    data[-4:] = bytes(4)  # zero the last float of the payload
+    baseline.write_bytes(bytes(data))
+    with pytest.warns(CacheWarning) as caught:
+        again = effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+    named = " ".join(str(w.message) for w in caught)
+    assert chunk.name in named and baseline.name in named
+    torch.testing.assert_close(again, first, atol=1e-6, rtol=0)
+
+    # Weights that the old key sampled only in part (W_dec, the model's) now change the key.
+    saved = sae.W_dec.detach().clone()
+    with torch.no_grad():
+        sae.W_dec[3, 5] += 1.0
+    with pytest.raises(ValueError, match=r"settings\.sae differ"):
+        effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+    with torch.no_grad():
+        sae.W_dec.copy_(saved)
+    other = build_tiny_model(tiny_tokenizer, seed=9)
+    with pytest.raises(ValueError, match=r"settings\.model differ"):
+        effects(other, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+
+    # Steering already on the model would be measured into every effect: refused.
+    with (
+        steer(tiny_model, SteeringVector(dirs[0], HOOK), scale=2.0),
+        pytest.raises(RuntimeError, match="hooks are active"),
+    ):
+        effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+
+
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
-    with pytest.raises(ValueError, match="close names"):
+    with pytest.raises(ValueError, match="Closest valid names"):
         effects(tiny_model, tiny_sae, unit_directions(1), hook_name="blocks.1.hook_resid_pots")
     with pytest.raises(ValueError, match="do_sample=True"):
         effects(tiny_model, tiny_sae, unit_directions(1), n_samples=2)
@@ -190,7 +240,7 @@ def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
         c = directions[:, 0].abs()[:, None]
         return base + c * sweep[None] ** 2
 
-    monkeypatch.setattr(sae_ts, "_steered_losses", stub_losses)
+    monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)
     dirs = torch.zeros(2, 32)
     dirs[0, 0], dirs[1, 0] = 0.5, 1e-4
     with pytest.warns(UserWarning, match=r"directions \[1\]"):
@@ -209,7 +259,7 @@ def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model
         seen.setdefault("sweep", sweep)
         return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
 
-    monkeypatch.setattr(sae_ts, "_steered_losses", stub_losses)
+    monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)
     dirs = torch.zeros(1, 32)
     dirs[0, 0] = 1.0
     with pytest.warns(UserWarning):  # whatever the loss, the stub is not the point here

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import ssae_lens
 from ssae_lens import SSAE, SSAEConfig, TrainingSSAE, TrainingSSAEConfig
-from ssae_lens.ssae import register
+from ssae_lens.ssae.model import register
 
 NORMALIZATIONS = ["none", "scale", "standardize", "layer_norm", "whiten"]
 

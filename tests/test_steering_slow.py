@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssae_lens.builtin_pairs import attribute_texts
+from ssae_lens.data.builtin import attribute_texts
 from ssae_lens.steering import caa_vector, steer
 
 pytestmark = pytest.mark.slow

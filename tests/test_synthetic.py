@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ssae_lens.synthetic import make_synthetic_shifts
+from ssae_lens.data.synthetic import make_synthetic_shifts
 
 
 def test_shifts_are_the_linear_mixing_of_sparse_changes():

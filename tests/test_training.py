@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ssae_lens import TrainingSSAEConfig, train_ssae
+from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.synthetic import make_synthetic_shifts
-from ssae_lens.training import ShuffledBatches, load_or_train_ssae
+from ssae_lens.ssae.training import ShuffledBatches, load_or_train_ssae
 
 
 def test_defaults_recover_concepts_on_synthetic_shifts():
@@ -135,6 +135,40 @@ def test_resume_from_a_wrong_folder_says_what_to_pass(tmp_path):
         train_ssae(
             data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5), resume_from=tmp_path
         )
+
+
+def test_load_or_train_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
+    import ssae_lens.ssae.training as training
+    from ssae_lens._core.cache import CacheWarning
+
+    data = make_synthetic_shifts(500, 4, 2, 16, seed=2).shifts
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=40, batch_size=64)
+    calls = []
+    original = training.train_ssae
+    monkeypatch.setattr(
+        training, "train_ssae", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+
+    def load(seed=0):
+        sae = training.load_or_train_ssae(data, cfg, seed=seed, cache_dir=tmp_path, progress=False)
+        return {k: v.clone() for k, v in sae.state_dict().items()}
+
+    first = load()
+    (folder,) = tmp_path.iterdir()
+    assert load().keys() == first.keys() and len(calls) == 1  # read from the cache
+    load(seed=1)
+    assert len(calls) == 2  # the seed is in the key
+    weights = folder / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + bytes(4))  # zero one float
+    with pytest.warns(CacheWarning, match="sae_weights.safetensors"):
+        again = load()
+    assert len(calls) == 3
+    for name, tensor in first.items():
+        assert torch.equal(again[name], tensor)
+    (folder / "ssae_lens_cache.json").unlink()  # as if the folder were half-written
+    with pytest.warns(CacheWarning, match="missing"):
+        load()
+    assert len(calls) == 4
 
 
 def test_multiplier_stays_exactly_zero_when_the_constraint_holds_from_the_start():

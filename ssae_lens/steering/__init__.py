@@ -18,6 +18,7 @@ from ssae_lens.steering.diagnostics import (
     diagnose_decomposition,
 )
 from ssae_lens.steering.evaluation import SteeringEvaluation, evaluate_steering
+from ssae_lens.steering.gguf import control_vector_layer, write_control_vector
 from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
 from ssae_lens.steering.scorers import (
     KeywordScorer,
@@ -47,6 +48,7 @@ __all__ = [
     "SteeringVector",
     "apply_steering",
     "caa_vector",
+    "control_vector_layer",
     "diagnose_decomposition",
     "evaluate_steering",
     "mean_shift_vector",
@@ -55,4 +57,5 @@ __all__ = [
     "steer",
     "steer_queries",
     "steer_rows",
+    "write_control_vector",
 ]

@@ -53,8 +53,10 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
-from ssae_lens.steering.vector import SteeringVector, hook_width, resolve_hook_name
+from ssae_lens._core.hooks import check_steerable_hook, hook_width
+from ssae_lens.steering.vector import SteeringVector
 
 Operator = Literal["add", "ablate_then_add", "projection_cap"]
 PositionSelector = (
@@ -93,7 +95,7 @@ class Steering:
 class SteeringHandle:
     """Steering applied to a model by :func:`apply_steering`; ``remove()`` undoes it."""
 
-    def __init__(self, model: Any, interventions: list[_Intervention]):
+    def __init__(self, model: HookedTransformer, interventions: list[_Intervention]):
         self.model = model
         self.interventions = interventions
         self._tracker = _tracker_for(model)
@@ -136,7 +138,7 @@ class SteeringHandle:
 
 
 def apply_steering(
-    model: Any,
+    model: HookedTransformer,
     vector_or_vectors: SteeringVector | Steering | Sequence[SteeringVector | Steering],
     scale: float | Sequence[float] | Tensor | None = None,
     positions: PositionSelector = "all",
@@ -157,7 +159,7 @@ def apply_steering(
 
 @contextmanager
 def steer(
-    model: Any,
+    model: HookedTransformer,
     vector_or_vectors: SteeringVector | Steering | Sequence[SteeringVector | Steering],
     scale: float | Sequence[float] | Tensor | None = None,
     positions: PositionSelector = "all",
@@ -188,7 +190,7 @@ def steer(
 
 
 def steer_rows(
-    model: Any,
+    model: HookedTransformer,
     directions: Float[Tensor, "batch d"],
     hook_name: str,
     scales: float | Sequence[float] | Float[Tensor, " batch"] = 1.0,
@@ -211,7 +213,7 @@ def steer_rows(
 
 # ---------------------------------------------------------------------------- resolution
 def _resolve(
-    model: Any,
+    model: HookedTransformer,
     item: Any,
     *,
     scale: Any,
@@ -254,7 +256,7 @@ def _resolve(
         if scale is None:
             scale = 1.0
         label = "tensor"
-    resolve_hook_name(model, hook_name)
+    check_steerable_hook(model, hook_name)
     if isinstance(vector, SteeringVector):
         vector.check_compatible(model)
 
@@ -457,7 +459,7 @@ class _Tracker:
     ``model.generate`` marking where a prompt ends without the KV cache.
     """
 
-    def __init__(self, model: Any):
+    def __init__(self, model: HookedTransformer):
         self.model = model
         self.users = 0
         self.step: _Step | None = None
@@ -562,7 +564,7 @@ class _Tracker:
 _TRACKERS: weakref.WeakKeyDictionary[Any, _Tracker] = weakref.WeakKeyDictionary()
 
 
-def _tracker_for(model: Any) -> _Tracker:
+def _tracker_for(model: HookedTransformer) -> _Tracker:
     tracker = _TRACKERS.get(model)
     if tracker is None:
         tracker = _TRACKERS[model] = _Tracker(model)

@@ -16,15 +16,17 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
+from ssae_lens._core.hooks import check_steerable_hook
 from ssae_lens.activations import harvest_activations
-from ssae_lens.steering.vector import SteeringVector, resolve_hook_name
+from ssae_lens.steering.vector import SteeringVector
 
 ShiftsOrPairs = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor, "n d"]]
 
 
 def caa_vector(
-    model: Any,
+    model: HookedTransformer,
     positive_prompts: Sequence[str],
     negative_prompts: Sequence[str],
     hook_name: str,
@@ -46,7 +48,7 @@ def caa_vector(
         ``normalize=True``; see the module docstring for the scale convention), with the
         prompt counts, read position and raw norm in ``provenance``.
     """
-    resolve_hook_name(model, hook_name)
+    check_steerable_hook(model, hook_name)
     if position not in ("last", "mean"):
         raise ValueError(f"position must be 'last' or 'mean', got {position!r}.")
     for name, prompts in (("positive", positive_prompts), ("negative", negative_prompts)):

@@ -49,7 +49,7 @@ __all__ = [
     "diagnose_decomposition",
     "signed_pre_activations",
 ]
-from ssae_lens._io import save_figure
+from ssae_lens._core.io import save_figure
 
 
 class DecompositionWarning(UserWarning):

@@ -42,9 +42,11 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
-from ssae_lens.steering.vector import resolve_hook_name
+from ssae_lens._core.hooks import check_steerable_hook
 
 QueryLoss = Literal["prototype", "distance"]
 
@@ -60,8 +62,8 @@ class QueryPrototypes:
     @classmethod
     def fit(
         cls,
-        model: Any,
-        sae: Any,
+        model: HookedTransformer,
+        sae: SAE,
         texts_by_class: Mapping[str, Sequence[str]],
         *,
         hook_name: str | None = None,
@@ -129,8 +131,8 @@ def move_codes(
 
 @contextmanager
 def steer_queries(
-    model: Any,
-    sae: Any,
+    model: HookedTransformer,
+    sae: SAE,
     prototypes: QueryPrototypes,
     target: str | int,
     *,
@@ -165,13 +167,13 @@ def steer_queries(
         yield
 
 
-def _query_hook(model: Any, sae: Any, hook_name: str | None) -> str:
+def _query_hook(model: HookedTransformer, sae: SAE, hook_name: str | None) -> str:
     hook = hook_name or getattr(sae.cfg.metadata, "hook_name", None)
     if hook is None:
         raise ValueError(
             "The SAE has no cfg.metadata.hook_name; pass hook_name='blocks.L.attn.hook_q'."
         )
-    hook = resolve_hook_name(model, hook)
+    hook = check_steerable_hook(model, hook)
     if not hook.endswith("attn.hook_q"):
         raise ValueError(f"Query steering needs an attn.hook_q hook, got {hook!r}.")
     width = model.cfg.n_heads * model.cfg.d_head

@@ -8,46 +8,39 @@ else, human readable)::
     v = SteeringVector.from_sae(sae, feature_index=123)
     v.save("vectors/feature_123")
     v = SteeringVector.load("vectors/feature_123", model=model)
+
+The same folder layout is what :meth:`SteeringVector.push_to_hub` uploads (one subfolder
+per vector, plus a model card) and :meth:`SteeringVector.from_pretrained` reads back;
+:meth:`SteeringVector.to_gguf` exports a llama.cpp control vector
+(:mod:`ssae_lens.steering.gguf`).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
+from sae_lens import SAE
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
-from ssae_lens._io import atomic_path, write_text_atomic
+from ssae_lens._core.hooks import check_steerable_hook, dictionary_hook_name, hook_width
+from ssae_lens._core.io import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    from ssae_lens.ssae.model import SSAE
 
 VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
 VECTOR_METADATA_FILENAME = "vector.json"
 _FORMAT_VERSION = 1
-
-# Hook points whose activations are [batch, pos, ...] inside the transformer blocks, by
-# the width of their flattened trailing dimensions. Other hook points are checked when
-# the first activation arrives.
-_D_MODEL_HOOKS = (
-    "hook_resid_pre",
-    "hook_resid_mid",
-    "hook_resid_post",
-    "hook_attn_out",
-    "hook_mlp_out",
-    "hook_mlp_in",
-    "hook_normalized",
-)
-_HEADS_HOOKS = ("attn.hook_q", "attn.hook_z", "attn.hook_rot_q")
-_MLP_HOOKS = ("mlp.hook_pre", "mlp.hook_post", "mlp.hook_pre_linear")
-# Hook points that cannot be steered position by position.
-_NOT_POSITIONAL = ("hook_attn_scores", "hook_pattern")
 
 
 class SteeringCompatibilityWarning(UserWarning):
@@ -208,7 +201,7 @@ class SteeringVector:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_sae(
-        cls, sae: Any, feature_index: int, *, hook_name: str | None = None
+        cls, sae: SAE, feature_index: int, *, hook_name: str | None = None
     ) -> SteeringVector:
         """Decoder row ``sae.W_dec[feature_index]`` of any SAELens ``SAE``.
 
@@ -240,7 +233,7 @@ class SteeringVector:
                 provenance[key] = metadata.get(key)
         return cls(
             direction,
-            _hook_from_dictionary(sae, hook_name),
+            dictionary_hook_name(sae, hook_name),
             model_name=metadata.model_name,
             method="sae",
             normalized=abs(norm - 1.0) < 1e-4,
@@ -248,7 +241,7 @@ class SteeringVector:
         )
 
     @classmethod
-    def from_ssae(cls, ssae: Any, index: int, *, hook_name: str | None = None) -> SteeringVector:
+    def from_ssae(cls, ssae: SSAE, index: int, *, hook_name: str | None = None) -> SteeringVector:
         """Unit-norm decoder column ``index`` of a Sparse Shift Autoencoder.
 
         Uses ``ssae.steering_vector(index)`` (the direction in the model's activation
@@ -266,7 +259,7 @@ class SteeringVector:
                 provenance[key] = metadata.get(key)
         return cls(
             direction,
-            _hook_from_dictionary(ssae, hook_name),
+            dictionary_hook_name(ssae, hook_name),
             model_name=metadata.model_name,
             method="ssae",
             normalized=True,
@@ -274,13 +267,20 @@ class SteeringVector:
         )
 
     # ------------------------------------------------------------------ persistence
+    def file_metadata(self) -> dict[str, Any]:
+        """The content of ``vector.json``: format version, width, norm and :meth:`metadata`."""
+        return {
+            "format_version": _FORMAT_VERSION,
+            "d": self.d,
+            "norm": self.norm,
+            **self.metadata(),
+        }
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``vector.safetensors`` and ``vector.json`` into folder ``path`` atomically."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": _FORMAT_VERSION, "d": self.d, "norm": self.norm}
-        meta.update(self.metadata())
-        text = json.dumps(meta, indent=2, sort_keys=False) + "\n"
+        text = json.dumps(self.file_metadata(), indent=2, sort_keys=False) + "\n"
         weights = {"direction": self.direction.detach().cpu().contiguous()}
         with atomic_path(folder / VECTOR_WEIGHTS_FILENAME, suffix=".safetensors") as tmp:
             save_file(weights, tmp)
@@ -292,7 +292,7 @@ class SteeringVector:
         cls,
         path: str | os.PathLike,
         *,
-        model: Any | None = None,
+        model: HookedTransformer | None = None,
         strict: bool = False,
         device: str | torch.device | None = None,
     ) -> SteeringVector:
@@ -325,9 +325,95 @@ class SteeringVector:
             vector.check_compatible(model, strict=strict)
         return vector
 
-    def check_compatible(self, model: Any, *, strict: bool = False) -> None:
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        path_in_repo: str | None = None,
+        positions: str | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        api: Any | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """Upload this vector to a Hub repository, with a model card listing every vector there.
+
+        See :func:`ssae_lens.steering.hub.push_vector` (``path_in_repo`` is the subfolder,
+        default the repository root). Returns the commit URL.
+        """
+        from ssae_lens.steering.hub import push_vector
+
+        return push_vector(
+            self,
+            repo_id,
+            path_in_repo=path_in_repo,
+            positions=positions,
+            token=token,
+            endpoint=endpoint,
+            api=api,
+            private=private,
+            commit_message=commit_message,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        *,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        local_files_only: bool = False,
+        model: HookedTransformer | None = None,
+        strict: bool = False,
+        device: str | torch.device | None = None,
+    ) -> SteeringVector:
+        """Load a vector from a local folder or a Hub repository (through the HF cache).
+
+        See :func:`ssae_lens.steering.hub.load_vector`; ``model``/``strict``/``device`` are
+        as in :meth:`load`.
+        """
+        from ssae_lens.steering.hub import load_vector
+
+        return load_vector(
+            repo_id_or_path,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            endpoint=endpoint,
+            local_files_only=local_files_only,
+            model=model,
+            strict=strict,
+            device=device,
+        )
+
+    def to_gguf(
+        self,
+        path: str | os.PathLike,
+        *,
+        scale: float | None = None,
+        n_layers: int | None = None,
+        model_hint: str | None = None,
+    ) -> Path:
+        """Write this vector as a llama.cpp control vector (one ``direction.N`` tensor).
+
+        The tensor is ``scale * direction`` (default ``default_scale``), so llama.cpp at
+        strength 1 adds what ``steer(model, self, scale=scale, positions="all")`` adds. See
+        :func:`ssae_lens.steering.gguf.write_control_vector` for the layer convention.
+        """
+        from ssae_lens.steering.gguf import write_control_vector
+
+        return write_control_vector(
+            [self], path, scale=scale, n_layers=n_layers, model_hint=model_hint
+        )
+
+    def check_compatible(self, model: HookedTransformer, *, strict: bool = False) -> None:
         """Check that this vector can steer ``model`` (see :meth:`load`)."""
-        resolve_hook_name(model, self.hook_name)
+        check_steerable_hook(model, self.hook_name)
         expected = hook_width(model, self.hook_name)
         if expected is not None and expected != self.d:
             raise ValueError(
@@ -345,50 +431,3 @@ class SteeringVector:
             if strict:
                 raise ValueError(message)
             warnings.warn(message, SteeringCompatibilityWarning, stacklevel=3)
-
-
-def resolve_hook_name(model: Any, hook_name: str) -> str:
-    """Check that ``hook_name`` is a steerable hook point of ``model``; return it."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is None:
-        raise TypeError(
-            f"Steering needs a TransformerLens HookedTransformer, got {type(model).__name__}."
-        )
-    if hook_name not in hook_dict:
-        close = difflib.get_close_matches(hook_name, list(hook_dict), n=5, cutoff=0.6)
-        hint = f" Did you mean one of {close}?" if close else " See model.hook_dict for names."
-        raise ValueError(f"Unknown hook point {hook_name!r} for this model.{hint}")
-    if not hook_name.startswith(("blocks.", "ln_final.")):
-        raise ValueError(
-            f"Cannot steer at {hook_name!r}: generate() embeds tokens outside the forward "
-            "pass, so steering there would skip decode steps. Use 'blocks.0.hook_resid_pre', "
-            "which is the same activation as the embedding output."
-        )
-    if hook_name.endswith(_NOT_POSITIONAL):
-        raise ValueError(
-            f"Cannot steer at {hook_name!r}: its activations are [batch, head, query, key], "
-            "not [batch, pos, ...]. Steer at 'attn.hook_z' or a residual hook point."
-        )
-    return hook_name
-
-
-def hook_width(model: Any, hook_name: str) -> int | None:
-    """Width of the flattened activation at ``hook_name`` from ``model.cfg``, if known."""
-    cfg = model.cfg
-    if hook_name.endswith(_D_MODEL_HOOKS):
-        return cfg.d_model
-    if hook_name.endswith(_HEADS_HOOKS):
-        return cfg.n_heads * cfg.d_head
-    if hook_name.endswith(_MLP_HOOKS):
-        return cfg.d_mlp
-    return None
-
-
-def _hook_from_dictionary(sae: Any, hook_name: str | None) -> str:
-    hook_name = hook_name or sae.cfg.metadata.hook_name
-    if not hook_name:
-        raise ValueError(
-            f"{type(sae).__name__}.cfg.metadata.hook_name is not set: pass hook_name=... "
-            "(the hook point the dictionary was trained on)."
-        )
-    return hook_name

@@ -18,9 +18,11 @@ The default corpus (:func:`reference_corpus`) needs no download:
 - the package's templated sentences (all four attributes, both poles) and its English/French
   word list: the concepts the steering benchmarks target.
 
-The trained SAE is saved with ``SAE.save_model`` in ``<cache_root()>/saes/<key>`` (written to
-a temporary folder and moved into place) and loaded with ``SAE.load_from_disk`` on the next
-call with the same settings. Any other SAELens SAE can be used wherever this one is.
+The trained SAE is saved with ``SAE.save_model`` in ``<cache_root()>/saes/<key>``, a verified
+cache folder (:func:`ssae_lens._core.cache.write_cached_folder`: written atomically, each
+file's sha256 checked on read, a damaged folder retrained with a warning), and loaded with
+``SAE.load_from_disk`` on the next call with the same settings, which include a full hash of the
+model's weights. Any other SAELens SAE can be used wherever this one is.
 
 ::
 
@@ -39,23 +41,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from sae_lens import SAE
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
+from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from ssae_lens._io import write_json_atomic
-from ssae_lens.activations import harvest_activations, model_fingerprint
-from ssae_lens.builtin_pairs import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens._core.cache import (
+    is_cached,
+    model_fingerprint,
+    refuse_active_hooks,
+    write_cached_folder,
+)
+from ssae_lens._core.hooks import check_hook_names
+from ssae_lens._core.rng import scoped_seed
+from ssae_lens.activations import harvest_activations
+from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
+from ssae_lens.generation import generate_tokens
 from ssae_lens.models import cache_root, load_model
-from ssae_lens.sae_ts import generate_tokens
-from ssae_lens.steering.vector import resolve_hook_name
-from ssae_lens.training import ShuffledBatches
+from ssae_lens.ssae.training import ShuffledBatches
 
-__all__ = ["CORPUS_PROMPTS", "reference_corpus", "train_reference_sae"]
+__all__ = ["CORPUS_PROMPTS", "reference_corpus", "train_reference_sae", "train_sae"]
 
 Architecture = Literal["topk", "standard"]
 
@@ -79,8 +89,7 @@ CORPUS_PROMPTS: tuple[str, ...] = (
 )
 """Prompts whose sampled continuations make up the generated part of the default corpus."""
 
-_MANIFEST = "ssae_lens_dictionary.json"
-_FORMAT_VERSION = 2  # 2: b_dec initialised at the activation mean
+_FORMAT_VERSION = 3  # 2: b_dec at the activation mean; 3: corpus sampled with shared uniforms
 
 
 def reference_corpus(
@@ -99,7 +108,7 @@ def reference_corpus(
         n_generated: sampled continuations (temperature 1) of :data:`CORPUS_PROMPTS`, cycled.
         generated_tokens: tokens per continuation.
         n_sentences: templated sentence pairs (both sides kept) from
-            :func:`ssae_lens.builtin_pairs.sentence_pairs` over all attributes.
+            :func:`ssae_lens.data.builtin.sentence_pairs` over all attributes.
         seed: seed of the sampling and of the sentence draw.
         batch_size: continuations per ``generate`` call.
 
@@ -177,24 +186,14 @@ def train_reference_sae(
     Returns:
         An inference ``SAE`` whose ``cfg.metadata.hook_name`` is ``hook_name``.
     """
-    if architecture not in ("topk", "standard"):
-        raise ValueError(
-            f"architecture must be 'topk' or 'standard', got {architecture!r}; for other "
-            "architectures train with SAELens directly and load the SAE with SAE.load_from_disk."
-        )
-    for name, value in (("d_sae", d_sae), ("k", k), ("n_tokens", n_tokens)):
-        if value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}.")
-    if batch_size < 1 or batch_size > n_tokens:
-        raise ValueError(
-            f"batch_size must be between 1 and n_tokens ({n_tokens}), got {batch_size}."
-        )
+    _check_sae_options(architecture, d_sae, k, n_tokens, batch_size)
     if texts is not None and corpus_options:
         raise ValueError("corpus_options only shape the default corpus: pass texts or them.")
     if texts is not None and (isinstance(texts, str) or not texts):
         raise ValueError("texts must be a non-empty list of strings (wrap one text: [text]).")
     model = load_model(model_name, device=device)
-    hook_name = resolve_hook_name(model, hook_name)
+    hook_name = check_hook_names(model, hook_name)[0]
+    refuse_active_hooks(model, what="train_reference_sae")
 
     settings = dict(
         format_version=_FORMAT_VERSION,
@@ -214,7 +213,7 @@ def train_reference_sae(
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = root / "saes" / f"{model.cfg.model_name}-{hook_name}-{architecture}-{d_sae}-{key}"
-    if (folder / _MANIFEST).exists():
+    if is_cached(folder, settings):
         return SAE.load_from_disk(folder, device=str(device))
 
     if texts is None:
@@ -222,65 +221,106 @@ def train_reference_sae(
     acts = harvest_activations(
         model, list(texts), hook_name, position="all", include_bos=False, progress=True
     )
-    sae = _train(acts, model, hook_name, settings, device)
+    sae = train_sae(
+        acts,
+        d_sae=d_sae,
+        architecture=architecture,
+        k=k,
+        l1_coefficient=l1_coefficient,
+        n_tokens=n_tokens,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        hook_name=hook_name,
+        model_name=model.cfg.model_name,
+    )
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with write_cached_folder(folder, settings, info={"corpus_tokens": int(acts.shape[0])}) as build:
         sae.save_model(build)
-        write_json_atomic(build / _MANIFEST, {**settings, "corpus_tokens": int(acts.shape[0])})
-        if folder.exists():  # another process finished the same SAE first
-            shutil.rmtree(build)
-        else:
-            os.replace(build, folder)
-    finally:
-        if build.exists():
-            shutil.rmtree(build)
     return SAE.load_from_disk(folder, device=str(device))
 
 
-def _train(
-    acts: torch.Tensor,
-    model: HookedTransformer,
-    hook_name: str,
-    settings: dict[str, Any],
-    device: str | torch.device,
+def train_sae(
+    activations: Float[Tensor, "n d_in"],
+    *,
+    d_sae: int,
+    architecture: Architecture = "topk",
+    k: int = 32,
+    l1_coefficient: float = 5.0,
+    n_tokens: int = 300_000,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    hook_name: str | None = None,
+    model_name: str | None = None,
 ) -> SAE:
-    torch.manual_seed(settings["seed"])
+    """The one SAELens ``SAETrainer`` recipe: an SAE trained on activations already in memory.
+
+    ``SAETrainer`` sees ``n_tokens`` rows in shuffled batches of ``batch_size`` (several epochs
+    if there are fewer rows), Adam at ``lr`` cosine-annealed to ``lr / 10``, SAELens's
+    ``expected_average_only_in`` normalisation folded into the weights at the end (the SAE
+    reads raw activations), and ``b_dec`` started at the activation mean (see
+    :func:`train_reference_sae`). The initialisation and batch order depend on ``seed`` alone;
+    the global RNG is left as it was.
+
+    Returns:
+        An inference ``SAE`` with ``cfg.metadata.hook_name`` / ``model_name`` set as given.
+    """
+    _check_sae_options(architecture, d_sae, k, n_tokens, batch_size)
     common = dict(
-        d_in=int(acts.shape[1]),
-        d_sae=settings["d_sae"],
+        d_in=int(activations.shape[1]),
+        d_sae=d_sae,
         device=str(device),
         normalize_activations="expected_average_only_in",
     )
-    if settings["architecture"] == "topk":
-        sae: Any = TopKTrainingSAE(TopKTrainingSAEConfig(k=settings["k"], **common))
-    else:
-        sae = StandardTrainingSAE(
-            StandardTrainingSAEConfig(l1_coefficient=settings["l1_coefficient"], **common)
-        )
+    with scoped_seed(seed, device):
+        if architecture == "topk":
+            sae: Any = TopKTrainingSAE(TopKTrainingSAEConfig(k=k, **common))
+        else:
+            sae = StandardTrainingSAE(
+                StandardTrainingSAEConfig(l1_coefficient=l1_coefficient, **common)
+            )
     sae.cfg.metadata.hook_name = hook_name
-    sae.cfg.metadata.model_name = model.cfg.model_name
+    sae.cfg.metadata.model_name = model_name
+    acts = activations.detach().float().to(device)
     with torch.no_grad():  # b_dec at the mean, in the trainer's normalised units
         sae.b_dec.copy_(acts.mean(0) * acts.shape[1] ** 0.5 / acts.norm(dim=1).mean())
-    batches = ShuffledBatches(acts.to(device), settings["batch_size"], seed=settings["seed"])
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=settings["n_tokens"],
-        train_batch_size_samples=settings["batch_size"],
-        lr=settings["lr"],
-        lr_end=settings["lr"] / 10,
+        total_training_samples=n_tokens,
+        train_batch_size_samples=batch_size,
+        lr=lr,
+        lr_end=lr / 10,
         lr_scheduler_name="cosineannealing",
         device=str(device),
-        n_batches_for_norm_estimate=max(1, min(100, acts.shape[0] // settings["batch_size"])),
+        n_batches_for_norm_estimate=max(1, min(100, acts.shape[0] // batch_size)),
         logger=LoggingConfig(log_to_wandb=False),
     )
-    trained = SAETrainer(trainer_cfg, sae, batches).fit()
+    trained = SAETrainer(trainer_cfg, sae, ShuffledBatches(acts, batch_size, seed=seed)).fit()
     build = Path(tempfile.mkdtemp(prefix="ssae_lens_sae_"))
     try:
         trained.save_inference_model(build)
         return SAE.load_from_disk(build, device=str(device))
     finally:
         shutil.rmtree(build)
+
+
+def _check_sae_options(
+    architecture: str, d_sae: int, k: int, n_tokens: int, batch_size: int
+) -> None:
+    if architecture not in ("topk", "standard"):
+        raise ValueError(
+            f"architecture must be 'topk' or 'standard', got {architecture!r}; for other "
+            "architectures train with SAELens directly and load the SAE with SAE.load_from_disk."
+        )
+    for name, value in (("d_sae", d_sae), ("k", k), ("n_tokens", n_tokens)):
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}.")
+    if batch_size < 1 or batch_size > n_tokens:
+        raise ValueError(
+            f"batch_size must be between 1 and n_tokens ({n_tokens}), got {batch_size}."
+        )
 
 
 def _corpus_key(texts: Sequence[str] | None, options: dict[str, Any] | None) -> dict[str, Any]:

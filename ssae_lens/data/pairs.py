@@ -17,7 +17,9 @@ A concept missing from a pair's dict is unchanged. A concept must be numeric in 
 categorical in every pair. :meth:`ConceptPairs.label_matrix` turns labels into one numeric
 column per concept (or per categorical value) for metrics.
 
-Built-in datasets are listed by :func:`list_pairs` and loaded by :func:`load_pairs`.
+Named datasets (the built-ins and any registered by users) are listed by
+:func:`~ssae_lens.data.registry.list_pairs` and loaded by
+:func:`~ssae_lens.data.registry.load_pairs`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ssae_lens._io import write_text_atomic
+from ssae_lens._core.io import write_text_atomic
 
 LabelValue = int | float | tuple[str, str]
 PairLabels = dict[str, LabelValue]
@@ -50,6 +52,23 @@ Encoding = Literal["change", "onehot"]
 
 class DuplicatePairsWarning(UserWarning):
     """Some ``(source, target)`` pairs occur more than once (see ``ConceptPairs.deduplicate``)."""
+
+
+def split_indices(n: int, test_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """A seeded random split of ``range(n)`` into sorted ``(train, test)`` indices;
+    ``round(n * test_fraction)`` go to test (pairs, or synthetic shifts)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}.")
+    n_test = round(n * test_fraction)
+    if n_test in (0, n):
+        empty = "test" if n_test == 0 else "train"
+        raise ValueError(
+            f"Splitting {n} pairs with test_fraction={test_fraction} leaves the {empty} set "
+            "empty; use more pairs or a less extreme fraction."
+        )
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_test:]), sorted(order[:n_test])
 
 
 def _pair_place(i: int) -> str:
@@ -411,21 +430,7 @@ class ConceptPairs:
         self, test_fraction: float = 0.2, seed: int = 0
     ) -> tuple[list[int], list[int]]:
         """The sorted pair indices of the ``(train, test)`` parts of :meth:`split`."""
-        if not 0 < test_fraction < 1:
-            raise ValueError(
-                f"test_fraction must be strictly between 0 and 1, got {test_fraction}."
-            )
-        n = len(self)
-        n_test = round(n * test_fraction)
-        if n_test in (0, n):
-            empty = "test" if n_test == 0 else "train"
-            raise ValueError(
-                f"Splitting {n} pairs with test_fraction={test_fraction} leaves the {empty} set "
-                "empty; use more pairs or a less extreme fraction."
-            )
-        order = list(range(n))
-        random.Random(seed).shuffle(order)
-        return sorted(order[n_test:]), sorted(order[:n_test])
+        return split_indices(len(self), test_fraction, seed)
 
     @classmethod
     def concat(
@@ -686,29 +691,3 @@ def _parse_number(cell: str | None, where: str) -> int | float | None:
             f"{where} holds {cell!r}; CSV label columns must be numbers (signed changes). "
             "Use JSONL for categorical labels."
         ) from None
-
-
-def list_pairs() -> dict[str, str]:
-    """The built-in datasets: ``{name: one-line description}``."""
-    # Imported here: the generators module builds on ConceptPairs defined above.
-    from ssae_lens.builtin_pairs import BUILTIN_PAIRS
-
-    return {name: spec.description for name, spec in BUILTIN_PAIRS.items()}
-
-
-def load_pairs(name: str, **options: Any) -> ConceptPairs:
-    """Load a built-in dataset by name (see :func:`list_pairs`).
-
-    Args:
-        name: ``language``, ``gender``, ``binary``, ``corr``, ``categorical`` or ``sentences``.
-        options: generator options, e.g. ``load_pairs("categorical", n=30_000, seed=1)``.
-    """
-    from ssae_lens.builtin_pairs import BUILTIN_PAIRS
-
-    if name not in BUILTIN_PAIRS:
-        close = difflib.get_close_matches(str(name), BUILTIN_PAIRS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ValueError(
-            f"Unknown dataset {name!r}; {hint}valid names: {', '.join(BUILTIN_PAIRS)}."
-        )
-    return BUILTIN_PAIRS[name].load(**options)

@@ -50,6 +50,8 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepO
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ssae_lens._core.rng import scoped_seed
+
 ShiftNormalization = Literal["none", "scale", "standardize", "layer_norm", "whiten"]
 CodeNormalization = Literal["none", "layer_norm"]
 SparsityMode = Literal["constraint", "l1", "topk", "none"]
@@ -447,7 +449,8 @@ class TrainingSSAE(_SSAECore, TrainingSAE[TrainingSSAEConfig]):
     def to_inference(self) -> SSAE:
         """An inference :class:`SSAE` with the same weights and normalisation."""
         cfg = SSAEConfig.from_dict(self.cfg.get_inference_sae_cfg_dict())
-        sae = SSAE(cfg)
+        with scoped_seed(0, cfg.device):  # its random initialisation is overwritten below
+            sae = SSAE(cfg)
         state = {k: v.detach().clone() for k, v in self.state_dict().items()}
         self.process_state_dict_for_saving_inference(state)
         sae.load_state_dict(state)

@@ -10,9 +10,7 @@ one), and a progress bar that shows the multiplier and constraint violation.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import functools
 import hashlib
 import json
 import os
@@ -26,14 +24,16 @@ from jaxtyping import Float
 from sae_lens import SAE
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.sae import TrainStepOutput
-from sae_lens.training import sae_trainer
 from sae_lens.training.optim import get_lr_scheduler
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssae_lens._io import write_json_atomic, write_text_atomic
-from ssae_lens.ssae import SSAE, TrainingSSAE, TrainingSSAEConfig
+from ssae_lens._core.cache import is_cached, write_cached_folder
+from ssae_lens._core.io import write_json_atomic, write_text_atomic
+from ssae_lens._core.rng import scoped_seed
+from ssae_lens._core.threads import intra_op_threads
+from ssae_lens.ssae.model import SSAE, TrainingSSAE, TrainingSSAEConfig
 
 DATA_STATE_FILENAME = "data_provider_state.json"
 HISTORY_FILENAME = "history.jsonl"
@@ -158,9 +158,10 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
     ``metrics/constraint_violation`` through SAELens's logger.
     """
 
-    def __init__(self, *args: Any, log_every: int = 50, **kwargs: Any):
+    def __init__(self, *args: Any, log_every: int = 50, progress: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.log_every = log_every
+        self.progress = progress
         self.history: list[TrainingRecord] = []
         self._pbar: tqdm | None = None
         multiplier = self.sae.lagrange_multiplier
@@ -214,6 +215,9 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
             ]
 
     def _update_pbar(self, step_output: TrainStepOutput, pbar: tqdm, update_interval: int = 100):
+        if not self.progress and not pbar.disable:
+            pbar.clear()  # SAETrainer.fit opens its bar itself: hide it from the first step on
+            pbar.disable = True
         step = self.n_training_steps
         if step % self.log_every == 0 or step == self.cfg.total_training_steps:
             m = step_output.metrics
@@ -274,8 +278,7 @@ def train_ssae(
         progress: show the trainer's progress bar.
     """
     device = device or cfg.device
-    torch.manual_seed(seed)
-    sae = TrainingSSAE(copy.deepcopy(cfg))  # SAELens's trainer writes into cfg.metadata
+    sae = _initialised(copy.deepcopy(cfg), seed)  # SAELens's trainer writes into cfg.metadata
     if isinstance(data, Tensor):
         check_shifts(data, cfg.d_in)
         sample = data[:_NORM_ESTIMATE_SAMPLES]
@@ -313,11 +316,10 @@ def train_ssae(
         save_final_checkpoint=checkpoint_path is not None,
         logger=LoggingConfig(log_to_wandb=log_to_wandb, wandb_project=wandb_project),
     )
-    trainer = SSAETrainer(trainer_cfg, sae, provider, log_every=log_every)
+    trainer = SSAETrainer(trainer_cfg, sae, provider, log_every=log_every, progress=progress)
     if resume_from is not None:
         _resume(trainer, Path(resume_from))
-    with _progress_bar(progress):
-        trainer.fit()
+    trainer.fit()
     with torch.no_grad():
         sae.normalize_decoder()
     ssae = sae.to_inference()
@@ -330,47 +332,37 @@ def load_or_train_ssae(
     *,
     seed: int,
     cache_dir: str | os.PathLike,
-    threads: int | None = 1,
+    threads: int | None = None,
     progress: bool = True,
 ) -> SSAE:
     """:func:`train_ssae` on a tensor, cached in ``cache_dir`` under a hash of data, config
-    and seed: a rerun with the same inputs loads the saved SSAE instead of training.
+    and seed: a rerun with the same inputs loads the saved SSAE instead of training (a
+    verified cached folder: a damaged one is retrained with a warning).
 
-    ``threads`` sets torch's intra-op threads while training (restored after); the default 1
-    suits small SSAEs, whose steps are streams of small matmuls.
+    ``threads``, if given, sets torch's intra-op threads for the training only (restored after;
+    1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    # Not the metadata: train_ssae records results there (l0, dead features) on the caller's cfg.
+    fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
     digest.update(str(seed).encode())
     folder = Path(cache_dir) / f"ssae-{digest.hexdigest()[:16]}"
-    if (folder / "cfg.json").exists():
+    settings = {"key": digest.hexdigest()}
+    if is_cached(folder, settings):
         return SAE.load_from_disk(folder)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with intra_op_threads(threads):
         sae = train_ssae(shifts, cfg, seed=seed, progress=progress)
-    finally:
-        torch.set_num_threads(previous)
-    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
-    sae.save_model(tmp)
-    os.replace(tmp, folder)
+    with write_cached_folder(folder, settings) as tmp:
+        sae.save_model(tmp)
     return sae
 
 
-@contextlib.contextmanager
-def _progress_bar(enabled: bool) -> Iterator[None]:
-    """``SAETrainer.fit`` builds its bar from its module's ``tqdm``: swap in a disabled one."""
-    if enabled:
-        yield
-        return
-    original = sae_trainer.tqdm
-    sae_trainer.tqdm = functools.partial(original, disable=True)
-    try:
-        yield
-    finally:
-        sae_trainer.tqdm = original
+def _initialised(cfg: TrainingSSAEConfig, seed: int) -> TrainingSSAE:
+    """A new ``TrainingSSAE`` whose random initialisation depends on ``seed`` alone."""
+    with scoped_seed(seed, cfg.device):
+        return TrainingSSAE(cfg)
 
 
 def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:

@@ -3,23 +3,22 @@
 Word datasets (``language``, ``gender``, ``binary``, ``corr``) read hand-written word lists;
 ``categorical`` and ``sentences`` are generated on the fly from small vocabularies with a seed.
 ``ssae_lens/data/README.md`` documents what varies in each, its size and its labels. Load them
-with :func:`ssae_lens.pairs.load_pairs`.
+with :func:`ssae_lens.load_pairs`.
 """
 
 from __future__ import annotations
 
 import csv
-import inspect
 import itertools
 import json
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 
-from ssae_lens.pairs import ConceptPairs
+from ssae_lens.data.pairs import ConceptPairs
+from ssae_lens.data.registry import register_pairs
 
 SENTENCE_ATTRIBUTES: dict[str, tuple[str, str]] = {
     "tense": ("present", "past"),
@@ -34,7 +33,7 @@ CATEGORICAL_FACTORS: tuple[str, ...] = ("shape", "colour", "object")
 
 
 def _data_text(name: str) -> str:
-    return (files("ssae_lens") / "data" / name).read_text(encoding="utf-8")
+    return (files("ssae_lens.data") / name).read_text(encoding="utf-8")
 
 
 def _read_csv(name: str) -> list[dict[str, str]]:
@@ -46,7 +45,7 @@ def _read_json(name: str) -> Any:
 
 
 def _metadata(name: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "description": BUILTIN_PAIRS[name].description, **extra}
+    return {"name": name, "description": DESCRIPTIONS[name], **extra}
 
 
 def language_pairs() -> ConceptPairs:
@@ -319,55 +318,30 @@ def attribute_texts(attribute: str, n: int = 200, seed: int = 0) -> tuple[list[s
     return list(pairs.sources), list(pairs.targets)
 
 
-@dataclass(frozen=True)
-class BuiltinPairs:
-    """A named built-in dataset: a one-line description and the function that builds it."""
+_BUILTINS: tuple[tuple[str, str, Callable[..., ConceptPairs]], ...] = (
+    ("language", "English -> French single words; concept: language.", language_pairs),
+    ("gender", "Masculine -> feminine English words; concept: gender.", gender_pairs),
+    (
+        "binary",
+        "Masculine English words -> French, feminine English or feminine French; "
+        "concepts: language, gender.",
+        binary_pairs,
+    ),
+    ("corr", "English words -> French and -> German; concepts: french, german.", corr_pairs),
+    (
+        "categorical",
+        "'the <shape> <colour> <object>' phrases with 1-3 factors resampled (seeded); "
+        "concepts: shape, colour, object.",
+        categorical_pairs,
+    ),
+    (
+        "sentences",
+        "Templated sentences changing one attribute (seeded); concepts: tense, voice, "
+        "sentiment, formality.",
+        sentence_pairs,
+    ),
+)
+DESCRIPTIONS: dict[str, str] = {name: description for name, description, _ in _BUILTINS}
 
-    name: str
-    description: str
-    build: Callable[..., ConceptPairs]
-
-    def load(self, **options: Any) -> ConceptPairs:
-        """Build the dataset, rejecting options its builder does not take."""
-        accepted = list(inspect.signature(self.build).parameters)
-        unknown = [key for key in options if key not in accepted]
-        if unknown:
-            takes = f"it takes {accepted}" if accepted else "it takes no options"
-            raise TypeError(f"load_pairs({self.name!r}) got unknown option(s) {unknown}; {takes}.")
-        return self.build(**options)
-
-
-BUILTIN_PAIRS: dict[str, BuiltinPairs] = {
-    spec.name: spec
-    for spec in (
-        BuiltinPairs(
-            "language", "English -> French single words; concept: language.", language_pairs
-        ),
-        BuiltinPairs(
-            "gender", "Masculine -> feminine English words; concept: gender.", gender_pairs
-        ),
-        BuiltinPairs(
-            "binary",
-            "Masculine English words -> French, feminine English or feminine French; "
-            "concepts: language, gender.",
-            binary_pairs,
-        ),
-        BuiltinPairs(
-            "corr",
-            "English words -> French and -> German; concepts: french, german.",
-            corr_pairs,
-        ),
-        BuiltinPairs(
-            "categorical",
-            "'the <shape> <colour> <object>' phrases with 1-3 factors resampled (seeded); "
-            "concepts: shape, colour, object.",
-            categorical_pairs,
-        ),
-        BuiltinPairs(
-            "sentences",
-            "Templated sentences changing one attribute (seeded); concepts: tense, voice, "
-            "sentiment, formality.",
-            sentence_pairs,
-        ),
-    )
-}
+for _name, _description, _build in _BUILTINS:
+    register_pairs(_name, _build, _description)

@@ -1,0 +1,1 @@
+"""Internal mechanisms used across the package: each exists once here."""

@@ -1,0 +1,221 @@
+"""The one batched generation path: KV-cache decoding and sampling with shared random numbers.
+
+Evaluation sweeps, SAE-TS effect rollouts, the reference corpus, the CLI and the demo all
+generate through :func:`generate_tokens` (or :func:`generate_texts`, its text form), so a
+steering hook sees the same forward passes everywhere: the prompt in one pass, then one pass
+per new token with the KV cache.
+
+Sampling inverts the CDF of the (optionally top-k / top-p filtered, temperature-scaled)
+next-token distribution with one uniform number per row and token (:func:`sample_tokens`).
+Rows given the same uniform numbers draw the same token wherever their distributions agree,
+so the difference between a steered and an unsteered rollout is the steering, not the
+sampling noise (common random numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.utilities import apply_softcap
+
+from ssae_lens._core.hooks import hook_layer
+from ssae_lens._core.tokens import pad_token_rows
+
+__all__ = ["generate_texts", "generate_tokens", "sample_tokens"]
+
+
+def sample_tokens(
+    logits: Float[Tensor, "batch vocab"],
+    uniform: Float[Tensor, " batch"],
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> Int[Tensor, " batch"]:
+    """One token per row by inverting the CDF of the filtered next-token distribution.
+
+    The distribution is ``softmax(logits / temperature)`` restricted to the ``top_k`` most
+    likely tokens and then to the smallest set of them whose probability reaches ``top_p``
+    (the most likely token always stays), renormalised. Tokens keep their vocabulary order
+    in the CDF, so token ``i`` is drawn when ``uniform`` falls in
+    ``[P(tokens < i), P(tokens <= i))`` of the filtered distribution: the same uniform number
+    gives the same token for two rows whose filtered distributions agree up to that token.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}.")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}.")
+    if uniform.shape != logits.shape[:1]:
+        raise ValueError(
+            f"uniform needs one number per row ({logits.shape[0]}), got {tuple(uniform.shape)}."
+        )
+    scaled = logits.float() / temperature
+    if top_k is not None and top_k < scaled.shape[-1]:
+        values, candidates = scaled.topk(top_k, dim=-1)
+        # Back to vocabulary order, so the CDF is ordered by token id as without top_k.
+        candidates, order = candidates.sort(dim=-1)
+        values = values.gather(-1, order)
+    else:
+        values = scaled
+        candidates = None
+    probs = torch.softmax(values, dim=-1)
+    if top_p is not None and top_p < 1:
+        ranked, rank_order = probs.sort(dim=-1, descending=True)
+        before = ranked.cumsum(-1) - ranked  # mass of strictly more likely tokens
+        keep_ranked = before < top_p
+        keep = torch.zeros_like(keep_ranked).scatter(-1, rank_order, keep_ranked)
+        probs = torch.where(keep, probs, 0.0)
+    cdf = probs.cumsum(-1)
+    u = uniform.to(cdf)[:, None] * cdf[:, -1:]
+    index = torch.searchsorted(cdf, u, right=True)[:, 0]
+    # Rounding can put u at the total mass: take the last token with positive probability.
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)
+    index = torch.minimum(index, last)
+    return index if candidates is None else candidates.gather(-1, index[:, None])[:, 0]
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    uniforms: Float[Tensor, "batch new"] | None = None,
+    capture: str | None = None,
+) -> tuple[Int[Tensor, "batch width"], Float[Tensor, "batch new d"] | None]:
+    """Batched generation with a KV cache; a lean equivalent of ``model.generate``.
+
+    The prompts are left-padded; each step runs only the new token through the blocks and
+    computes logits for the last position only (``ln_final`` then ``resid @ W_U + b_U``).
+    Greedy decoding returns the same tokens as ``model.generate(prompts, max_new_tokens,
+    do_sample=False, stop_at_eos=False, padding_side="left", return_type="tokens")``.
+    Steering hooks active on the model (``steer``, ``steer_rows``) apply on the prompt and on
+    every decode step. Never stops early (cut at EOS afterwards: :func:`generate_texts`).
+
+    Args:
+        model: a ``HookedTransformer`` with a tokenizer.
+        prompts: the prompts, one per batch row.
+        max_new_tokens: tokens to generate per row.
+        do_sample: sample (else greedy: the most likely token).
+        temperature: sampling temperature.
+        top_k: sample among the ``top_k`` most likely tokens only.
+        top_p: sample from the smallest set of most likely tokens with mass ``>= top_p``.
+        seed: seeds the generator of the sampling's uniform numbers (the global RNG is
+            never used).
+        uniforms: the uniform numbers themselves, ``uniforms[i, t]`` for token ``t`` of row
+            ``i`` (instead of ``seed``): rows given the same numbers sample the same
+            tokens wherever their next-token distributions agree (common random numbers).
+        capture: a hook point; if given, its activations at the inputs
+            ``prompt_len .. prompt_len + max_new_tokens - 1`` (the generated tokens, as the
+            next forward pass sees them, after any steering hook) are also returned.
+
+    Returns:
+        ``(tokens, acts)``: the left-padded prompts followed by the new tokens, and the
+        captured ``(batch, max_new_tokens, d)`` activations (``None`` without ``capture``).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
+    if not prompts:
+        raise ValueError("No prompts to continue.")
+    device = torch.device(model.cfg.device)
+    if uniforms is None and do_sample:
+        generator = torch.Generator().manual_seed(seed)
+        uniforms = torch.rand(len(prompts), max_new_tokens, generator=generator)
+    if uniforms is not None and tuple(uniforms.shape) != (len(prompts), max_new_tokens):
+        raise ValueError(
+            f"uniforms must have shape (len(prompts), max_new_tokens) = "
+            f"({len(prompts)}, {max_new_tokens}), got {tuple(uniforms.shape)}."
+        )
+    tokenized = {p: model.to_tokens(p)[0] for p in dict.fromkeys(prompts)}  # rows repeat prompts
+    tokens, mask = pad_token_rows(
+        [tokenized[p] for p in prompts],
+        side="left",
+        pad_id=model.tokenizer.pad_token_id,
+        device=device,
+    )
+    mask = mask.long()
+    ones = mask.new_ones(len(prompts), 1)
+    n_layers = model.cfg.n_layers
+    layer = None if capture is None else hook_layer(capture)
+    captured: list[Tensor] = []
+
+    def grab(act: Tensor, hook: Any) -> None:
+        captured.append(act.detach()[:, -1:])
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(prompts))
+    hooks = [] if capture is None else [(capture, grab)]
+    with model.hooks(fwd_hooks=hooks):
+        resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
+        captured.clear()  # the prompt's own activations are not wanted
+        new = []
+        for step in range(max_new_tokens):
+            logits = _last_logits(model, resid[:, -1])
+            if uniforms is None:
+                nxt = logits.argmax(-1)
+            else:
+                nxt = sample_tokens(
+                    logits,
+                    uniforms[:, step].to(device),
+                    temperature=temperature,
+                    top_k=top_k,
+                    top_p=top_p,
+                )
+            new.append(nxt)
+            last = step == max_new_tokens - 1
+            if last and capture is None:
+                break
+            stop = (layer + 1 if layer is not None else n_layers) if last else n_layers
+            resid = model(
+                nxt[:, None], attention_mask=ones, past_kv_cache=cache, stop_at_layer=stop
+            )
+    out = torch.cat([tokens, torch.stack(new, dim=1)], dim=1)
+    acts = torch.cat(captured, dim=1) if capture is not None else None
+    return out, acts
+
+
+def generate_texts(
+    model: HookedTransformer,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    **options: Any,
+) -> list[str]:
+    """The continuation of each prompt as text (cut at the first EOS, prompt excluded).
+
+    ``options`` are those of :func:`generate_tokens` (default: sampling; pass
+    ``do_sample=False`` for greedy text).
+    """
+    out, _ = generate_tokens(model, prompts, max_new_tokens, **options)
+    eos = model.tokenizer.eos_token_id
+    texts = []
+    for row in out[:, out.shape[1] - max_new_tokens :].tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
+    return texts
+
+
+def _last_logits(
+    model: HookedTransformer, resid: Float[Tensor, "batch d"]
+) -> Float[Tensor, "batch vocab"]:
+    if model.cfg.normalization_type is not None:
+        resid = model.ln_final(resid[:, None])[:, 0]
+    logits = torch.addmm(model.unembed.b_U, resid, model.unembed.W_U)
+    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError(
+            "The logits became NaN/inf during generation (steering scale too large?)."
+        )
+    return logits

@@ -1,0 +1,148 @@
+"""SAE-TS step 1: per direction, the steering scale at which the LM loss rises by a target."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from ssae_lens._core.tokens import pad_token_rows
+from ssae_lens.sae_ts._checks import check_directions
+from ssae_lens.steering import steer_rows
+
+__all__ = ["calibrate_scales", "interpolate_scales"]
+
+
+def calibrate_scales(
+    model: HookedTransformer,
+    directions: Float[Tensor, "n d"],
+    hook_name: str,
+    *,
+    reference_texts: Sequence[str],
+    target_loss_increase: float = 0.5,
+    scales: Sequence[float] | Tensor | None = None,
+    batch_size: int = 32,
+) -> Float[Tensor, " n"]:
+    """Per direction, the scale at which the LM loss on ``reference_texts`` rises by a target.
+
+    The loss (mean next-token cross-entropy over all real tokens of the texts) is measured
+    unsteered and with ``a * directions[i]`` added at every position of ``hook_name`` for each
+    ``a`` of the sweep ``scales`` (default: 12 geometric steps from 0.05 to 4 times the mean
+    activation norm at the hook). The scale is then read off the curve by linear
+    interpolation (:func:`interpolate_scales`). Directions whose loss never rises by
+    ``target_loss_increase`` get the largest swept scale and a warning naming them.
+
+    Returns:
+        ``(n,)`` float32 scales on the CPU.
+    """
+    directions = check_directions(directions)
+    texts = [str(t) for t in reference_texts]
+    if not texts:
+        raise ValueError("calibrate_scales needs at least one reference text.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    tokens, mask = _right_padded(model, texts)
+    if scales is None:
+        scales = _default_scale_sweep(model, hook_name, tokens, mask)
+    sweep = torch.as_tensor(scales, dtype=torch.float32).flatten()
+    if sweep.numel() == 0 or not bool((sweep > 0).all()) or not bool((sweep.diff() > 0).all()):
+        raise ValueError(f"scales must be positive and increasing, got {sweep.tolist()}.")
+    losses = _steered_losses(model, directions, hook_name, tokens, mask, sweep, batch_size)
+    base = _steered_losses(
+        model, directions[:1] * 0, hook_name, tokens, mask, sweep[:1], batch_size
+    )[0, 0]
+    result, reached = interpolate_scales(sweep, losses - base, target_loss_increase)
+    if not bool(reached.all()):
+        missing = torch.nonzero(~reached).flatten().tolist()
+        warnings.warn(
+            f"The loss never rose by {target_loss_increase} for directions {missing[:20]}"
+            f"{' ...' if len(missing) > 20 else ''}; they get the largest scale "
+            f"{float(sweep[-1]):g}. Extend the sweep (scales=...) to calibrate them.",
+            stacklevel=2,
+        )
+    return result
+
+
+def interpolate_scales(
+    scales: Float[Tensor, " k"],
+    loss_increase: Float[Tensor, "n k"],
+    target: float,
+) -> tuple[Float[Tensor, " n"], Bool[Tensor, " n"]]:
+    """Where each row of a loss-increase curve first reaches ``target``, linearly interpolated.
+
+    The curve of row ``i`` is the points ``(0, 0)`` and ``(scales[j], loss_increase[i, j])``.
+    With ``j`` the first sweep index whose increase is ``>= target`` and ``(a0, l0)`` the point
+    before it, the scale is ``a0 + (target - l0) / (l_j - l0) * (scales[j] - a0)``. Rows that
+    never reach the target get ``scales[-1]`` and ``reached = False``.
+    """
+    scales = torch.as_tensor(scales, dtype=torch.float32)
+    inc = torch.as_tensor(loss_increase, dtype=torch.float32)
+    n = inc.shape[0]
+    xs = torch.cat([scales.new_zeros(1), scales])
+    ys = torch.cat([inc.new_zeros(n, 1), inc], dim=1)
+    hit = ys[:, 1:] >= target
+    reached = hit.any(dim=1)
+    j = torch.where(
+        reached,
+        hit.float().argmax(dim=1) + 1,
+        torch.full_like(reached, len(xs) - 1, dtype=torch.long),
+    )
+    rows = torch.arange(n)
+    x0, x1 = xs[j - 1], xs[j]
+    y0, y1 = ys[rows, j - 1], ys[rows, j]
+    frac = ((target - y0) / (y1 - y0)).clamp(0, 1)
+    result = torch.where(reached, x0 + frac * (x1 - x0), xs[-1].expand(n))
+    return result, reached
+
+
+@torch.no_grad()
+def _steered_losses(
+    model: HookedTransformer,
+    directions: Tensor,
+    hook_name: str,
+    tokens: Tensor,
+    mask: Tensor,
+    sweep: Tensor,
+    batch_size: int,
+) -> Float[Tensor, "n k"]:
+    """Mean per-token loss on the texts for every (direction, scale) pair."""
+    n, k, t = directions.shape[0], sweep.shape[0], tokens.shape[0]
+    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(k)).reshape(-1, 2)
+    rows = pairs.repeat_interleave(t, dim=0)
+    text = torch.arange(t).repeat(n * k)
+    nll_sum = torch.zeros(n * k, dtype=torch.float64)
+    for lo in tqdm(range(0, len(rows), batch_size), desc="calibrating scales", disable=None):
+        sel = slice(lo, lo + batch_size)
+        vec, step, txt = rows[sel, 0], rows[sel, 1], text[sel]
+        with steer_rows(model, directions[vec], hook_name, sweep[step]):
+            logits = model(tokens[txt], attention_mask=mask[txt])
+        logp = logits[:, :-1].float().log_softmax(-1)
+        nll = -logp.gather(-1, tokens[txt][:, 1:, None]).squeeze(-1)
+        nll = (nll * mask[txt][:, 1:]).sum(-1).double().cpu()
+        nll_sum.index_add_(0, (vec * k + step), nll)
+    n_tokens = float(mask[:, 1:].sum())
+    return (nll_sum / n_tokens).float().reshape(n, k)
+
+
+def _right_padded(model: HookedTransformer, texts: list[str]) -> tuple[Tensor, Tensor]:
+    rows = [model.to_tokens(text)[0] for text in texts]
+    tokens, mask = pad_token_rows(
+        rows, side="right", pad_id=model.tokenizer.pad_token_id, device=rows[0].device
+    )
+    return tokens, mask.long()
+
+
+@torch.no_grad()
+def _default_scale_sweep(
+    model: HookedTransformer, hook_name: str, tokens: Tensor, mask: Tensor
+) -> Tensor:
+    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook_name)
+    acts = cache[hook_name].reshape(*tokens.shape, -1)
+    norm = float(acts.norm(dim=-1)[mask.bool()].mean())
+    return norm * torch.logspace(math.log10(0.05), math.log10(4.0), 12)
