@@ -343,7 +343,8 @@ def load_or_train_ssae(
     1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    # Not the metadata: train_ssae records results there (l0, dead features) on the caller's cfg.
+    # Not the metadata: it describes the SSAE (hook, model; SAELens adds l0 and dead features
+    # after training) but does not change how it trains.
     fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
