@@ -164,9 +164,18 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
         assert [s.coherence for s in rows] == pytest.approx(c, abs=1e-6)
         assert r.behavior == pytest.approx(sum(b) / 4)
         assert r.coherence == pytest.approx(sum(c) / 4, abs=1e-6)
-        assert r.score == pytest.approx(sum(x * y for x, y in zip(b, c, strict=True)) / 4, abs=1e-6)
-    assert result.best_score == max(r.score for r in result.results)
-    assert result.best_scale == max(result.results, key=lambda r: r.score).scale
+        products = sum(x * y for x, y in zip(b, c, strict=True)) / 4
+        assert r.mean_of_products == pytest.approx(products, abs=1e-6)
+        assert r.product_of_means == pytest.approx(sum(b) / 4 * sum(c) / 4, abs=1e-6)
+        for cell in ("behavior", "coherence", "product_of_means", "mean_of_products"):
+            low, high = r.interval(cell)
+            assert low <= r.value(cell) + 1e-12 and r.value(cell) <= high + 1e-12
+    # The default metric is the reference's: max over scales of mean(b) x mean(c).
+    assert result.metric == "product_of_means"
+    assert result.best_score == max(r.product_of_means for r in result.results)
+    assert result.best_scale == max(result.results, key=lambda r: r.product_of_means).scale
+    low, high = result.metric_ci
+    assert low <= result.best_score <= high
 
     # Scale 0 is the unsteered model: rows [p0, p0, p1] then [p1] (batch_size 3), sampled
     # with seeds 3 and 4 exactly as a plain generation call of those batches.
@@ -192,9 +201,13 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
     md = result.to_markdown(examples=2)
     assert md.count("\n|") >= 3 + 2 + 3
     assert "| 0 (unsteered) |" in md or "| **0 (unsteered)** |" in md
-    assert f"**{result.best_score:.3f}**" in md
+    assert f"**{result.best_score:.3f} [" in md
+    assert f"{result.best_score:.3f} [{low:.3f}, {high:.3f}]" in md
     data = json.loads(json.dumps(result.to_dict()))
     assert data["best_score"] == result.best_score and len(data["samples"]) == 12
+    assert data["metric_ci"] == [low, high]
+    by_products = evaluate_steering(tiny_model, vector, **sweep, metric="mean_of_products")
+    assert by_products.best_score == max(r.mean_of_products for r in result.results)
     path = result.plot(tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -244,6 +257,10 @@ def test_harness_bad_input(tiny_model, vector):
         )
     with pytest.raises(ValueError, match="coherence_scorer returned 1 scores"):
         evaluate_steering(tiny_model, vector, **{**kwargs, "coherence_scorer": lambda t, p: [1]})
+    with pytest.raises(ValueError, match="Unknown 'score'"):
+        evaluate_steering(tiny_model, vector, **{**kwargs, "metric": "score"})
+    with pytest.raises(ValueError, match="level must be in"):
+        evaluate_steering(tiny_model, vector, **{**kwargs, "level": 95})
 
 
 def _decode(model, ids):

@@ -10,6 +10,12 @@ from ssae_lens.steering.apply import (
     steer,
     steer_rows,
 )
+from ssae_lens.steering.comparison import (
+    MethodComparison,
+    MethodScore,
+    PairedDifference,
+    compare_evaluations,
+)
 from ssae_lens.steering.construct import caa_vector, mean_shift_vector, pca_vector
 from ssae_lens.steering.diagnostics import (
     DecompositionReport,
@@ -17,7 +23,13 @@ from ssae_lens.steering.diagnostics import (
     DiagnosticThresholds,
     diagnose_decomposition,
 )
-from ssae_lens.steering.evaluation import SteeringEvaluation, evaluate_steering
+from ssae_lens.steering.evaluation import (
+    ScaleResult,
+    SteeringEvaluation,
+    SteeringSample,
+    evaluate_methods,
+    evaluate_steering,
+)
 from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
 from ssae_lens.steering.scorers import (
     KeywordScorer,
@@ -37,17 +49,24 @@ __all__ = [
     "KeywordScorer",
     "LLMJudgeScorer",
     "LikelihoodCoherenceScorer",
+    "MethodComparison",
+    "MethodScore",
+    "PairedDifference",
     "ProbeScorer",
     "QueryPrototypes",
+    "ScaleResult",
     "Scorer",
     "Steering",
     "SteeringCompatibilityWarning",
     "SteeringEvaluation",
     "SteeringHandle",
+    "SteeringSample",
     "SteeringVector",
     "apply_steering",
     "caa_vector",
+    "compare_evaluations",
     "diagnose_decomposition",
+    "evaluate_methods",
     "evaluate_steering",
     "mean_shift_vector",
     "move_codes",
