@@ -381,6 +381,29 @@ def test_llm_judge_scores_and_request_shape(judge_server):
     assert "The text is about cats." in content and "p1" in content and "a cat" in content
 
 
+def test_llm_judge_harmonic_mean_of_axbench_criteria(judge_server):
+    # Text 1: concept 2, instruction 1, fluency 2 -> 1, 0.5, 1 -> 3 / (1 + 2 + 1) = 0.75.
+    # Text 2: instruction 0 -> 0 whatever the others. Text 3: all 1 -> 0.5.
+    replies = ["2", "1", "2", "2", "0", "2", "1", "1", "1"]
+    server = judge_server([completion(r) for r in replies])
+    judge = LLMJudgeScorer.axbench(server.url, "judge-model", "weddings", api_key="sk-test")
+    assert judge(["a", "b", "c"], ["p1", "p2", "p3"]) == pytest.approx([0.75, 0.0, 0.5])
+    assert len(server.requests) == 9
+    contents = [r["body"]["messages"][-1]["content"] for r in server.requests[:3]]
+    assert "weddings" in contents[0] and "0 if the continuation" in contents[0]
+    assert "relevant, sensible continuation" in contents[1] and "fluent" in contents[2]
+    assert all("Continuation: a" in c for c in contents)
+
+    server = judge_server([completion("2"), completion("1")])
+    two = LLMJudgeScorer(
+        server.url, "judge-model", api_key="sk-test", max_score=2,
+        criterion={"on topic": "The text is about cats.", "polite": "The text is polite."},
+    )  # fmt: skip
+    assert two.score_criteria("text", "p") == {"on topic": 1.0, "polite": 0.5}
+    with pytest.raises(ValueError, match="non-empty criterion"):
+        LLMJudgeScorer(server.url, "m", criterion={"a": ""})
+
+
 def test_llm_judge_retries_and_errors(judge_server):
     server = judge_server([(500, {"error": "busy"}), completion("8")])
     judge = LLMJudgeScorer(
