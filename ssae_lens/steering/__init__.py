@@ -38,6 +38,12 @@ from ssae_lens.steering.scorers import (
     ProbeScorer,
     Scorer,
 )
+from ssae_lens.steering.text_scorers import (
+    LanguageScorer,
+    ReadingEaseScorer,
+    SameLanguageScorer,
+    VaderSentimentScorer,
+)
 from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
 
 __all__ = [
@@ -48,12 +54,15 @@ __all__ = [
     "DiagnosticThresholds",
     "KeywordScorer",
     "LLMJudgeScorer",
+    "LanguageScorer",
     "LikelihoodCoherenceScorer",
     "MethodComparison",
     "MethodScore",
     "PairedDifference",
     "ProbeScorer",
     "QueryPrototypes",
+    "ReadingEaseScorer",
+    "SameLanguageScorer",
     "ScaleResult",
     "Scorer",
     "Steering",
@@ -62,6 +71,7 @@ __all__ = [
     "SteeringHandle",
     "SteeringSample",
     "SteeringVector",
+    "VaderSentimentScorer",
     "apply_steering",
     "caa_vector",
     "compare_evaluations",

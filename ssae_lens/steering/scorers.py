@@ -9,7 +9,10 @@ result holds one score in ``[0, 1]`` per text. Offline defaults:
 - ``KeywordScorer``: a lexicon of words or phrases.
 - ``ProbeScorer``: a logistic-regression probe on activations of labelled texts.
 
-``LLMJudgeScorer`` asks any OpenAI-compatible chat-completions endpoint instead.
+``LLMJudgeScorer`` asks any OpenAI-compatible chat-completions endpoint instead (one
+criterion, or several combined by harmonic mean as AxBench does). Off-the-shelf scorers that
+no one here wrote (VADER sentiment, lingua language, textstat reading ease) are in
+:mod:`ssae_lens.steering.text_scorers`.
 """
 
 from __future__ import annotations
