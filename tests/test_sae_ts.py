@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -344,7 +345,8 @@ def test_weighted_target_is_the_weighted_combination():
     expected = fitted.W[:, 1] + fitted.W[:, 4]
     torch.testing.assert_close(half, expected / expected.norm())
     assert cosine(tilted, fitted.W[:, 1]) > cosine(half, fitted.W[:, 1])
-    assert sae_ts_vector(fitted, 3).provenance["features"] == [3]  # one feature as an int
+    for one in (3, torch.tensor(3), np.int64(3)):  # one feature as an integer
+        assert sae_ts_vector(fitted, one).provenance["features"] == [3]
     dense = torch.zeros(6)
     dense[1], dense[4] = 0.5, 0.5
     torch.testing.assert_close(sae_ts_vector(fitted, dense, bias_weight=0).direction, half)

@@ -17,6 +17,7 @@ Three solves of the linear effect model ``y(s) = s W + b``, and the decoder-row 
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -218,8 +219,8 @@ def _targeted(
 
 def target_tensor(target: Target, d_sae: int) -> Float[Tensor, " d_sae"]:
     """The dense ``(d_sae,)`` weights of a target (see the module docstring)."""
-    if isinstance(target, int):
-        target = [target]
+    if isinstance(target, numbers.Integral) or (isinstance(target, Tensor) and target.ndim == 0):
+        target = [int(target)]  # one feature (a Python, NumPy or 0-d tensor integer)
     if isinstance(target, Tensor):
         t = target.detach().float().cpu().flatten()
         if t.shape[0] != d_sae:
