@@ -13,14 +13,23 @@ Steps (CPU-sized; every size is a flag and is written into the report):
    paper's y(s); ``steered`` keeps the vector in the readout); the
    :class:`EffectModel` is fitted by ridge with a 20 % held-out split (R^2 reported).
 4. Five steering tasks (sentiment, formality, tense, voice from ``attribute_texts``, and
-   French). Each task's target is the SAE feature whose mean activation differs most (in
-   pooled-std units) between the task's positive and negative texts. Vectors: CAA (mean
-   last-token difference, normalised), the target's decoder row, and SAE-TS for the target.
-   ``evaluate_steering`` sweeps scales (multiples of each vector's own calibrated scale,
-   as in the paper) from neutral prompts; behaviour is a ``ProbeScorer`` fitted on held-out
-   labelled texts at ``blocks.9.hook_resid_post`` (a ``KeywordScorer`` of French words for
-   French); coherence is ``LikelihoodCoherenceScorer``. The metric is the max over scales of
-   behaviour x coherence.
+   French). Each task's target is a weighted feature set: ``--targets`` (a
+   ``{task: {feature: weight}}`` mapping, chosen by reading the feature cards) or, for tasks
+   it leaves out, the one SAE feature whose mean activation differs most (in pooled-std
+   units) between the task's positive and negative texts. The report shows every target's
+   feature card (top contexts on a held-out reference corpus, activation histogram, logit
+   tokens). Vectors: CAA (mean last-token difference, normalised), the target's weighted
+   decoder rows, and SAE-TS for the target. ``evaluate_methods`` sweeps multiples of each
+   vector's own calibrated scale (and ``--abs-scales``, one absolute grid shared by all
+   methods, as the reference evaluates) from neutral prompts, all methods on the same
+   prompts and seeds. Behaviour (``--behavior offline``): VADER for sentiment, lingua's French
+   confidence for French, textstat reading ease (complex) as a proxy for formality, and a
+   ``ProbeScorer`` fitted on held-out labelled texts at ``blocks.9.hook_resid_post`` for tense
+   and voice (``--behavior probe``: probes for all but French, as before); coherence is
+   ``LikelihoodCoherenceScorer``, and the fraction of best-scale continuations lingua detects
+   as English is reported beside it. The metric is the max over scales of mean(behaviour) x
+   mean(coherence), with a bootstrap interval; methods are compared by paired bootstrap
+   differences.
 5. Side effects: for >= 20 features (the task targets, then the measured decoder-row features
    whose effect the effect model predicts best: highest per-feature R^2 on the effect data's
    own held-out split, never the rollouts of this step; ``--side-features random``: random
@@ -59,13 +68,18 @@ from ssae_lens.sae_ts import (
     sae_ts_vector,
     side_effect_ratio,
 )
-from ssae_lens.saes.reference import train_reference_sae
+from ssae_lens.saes import feature_cards, reference_corpus, train_reference_sae
 from ssae_lens.steering import (
     KeywordScorer,
+    LanguageScorer,
     LikelihoodCoherenceScorer,
     ProbeScorer,
+    ReadingEaseScorer,
+    SameLanguageScorer,
+    VaderSentimentScorer,
     caa_vector,
-    evaluate_steering,
+    compare_evaluations,
+    evaluate_methods,
 )
 
 HOOK = "blocks.6.hook_resid_post"
@@ -89,15 +103,43 @@ def task_texts(task: str, n: int, seed: int) -> tuple[list[str], list[str]]:
     return attribute_texts(task, n=n, seed=seed)
 
 
-def target_feature(sae, model, negative: list[str], positive: list[str]) -> tuple[int, float]:
-    """The feature whose mean activation separates positive from negative texts the most."""
+def task_target(sae, model, negative: list[str], positive: list[str], given) -> dict:
+    """The task's weighted feature set and how well it separates positive from negative texts.
+
+    ``given`` (``{feature: weight}``) is used as is; ``None`` picks the one feature whose mean
+    activation differs most between the texts. Separation: the difference of the mean of
+    ``sum_f w_f a_f`` over tokens, in pooled-std units.
+    """
     with torch.no_grad():
         neg = sae.encode(harvest_activations(model, negative, HOOK, position="all"))
         pos = sae.encode(harvest_activations(model, positive, HOOK, position="all"))
-    pooled = torch.cat([neg, pos]).std(0).clamp_min(1e-6)
-    separation = (pos.mean(0) - neg.mean(0)) / pooled
-    best = int(separation.argmax())
-    return best, float(separation[best])
+    if given is None:
+        pooled = torch.cat([neg, pos]).std(0).clamp_min(1e-6)
+        best = int(((pos.mean(0) - neg.mean(0)) / pooled).argmax())
+        weights, chosen = {best: 1.0}, "auto"
+    else:
+        weights, chosen = {int(f): float(w) for f, w in given.items()}, "given"
+    t = torch.zeros(neg.shape[1])
+    for f, w in weights.items():
+        t[f] = w
+    a, b = neg @ t, pos @ t
+    separation = float((b.mean() - a.mean()) / torch.cat([a, b]).std().clamp_min(1e-6))
+    return dict(features=weights, separation=separation, chosen=chosen)
+
+
+def behaviour_scorer(task: str, kind: str, model, positive, negative):
+    """The task's behaviour scorer and its name (see the module docstring)."""
+    if task == "french":
+        if kind == "offline":
+            return LanguageScorer("french"), "lingua French confidence"
+        words = list(language_pairs().targets) + FRENCH_FUNCTION_WORDS
+        return KeywordScorer(words, saturation=2), "French keywords"
+    if kind == "offline" and task == "sentiment":
+        return VaderSentimentScorer("positive"), "VADER positive"
+    if kind == "offline" and task == "formality":
+        return ReadingEaseScorer("complex"), "textstat reading ease (complex; formality proxy)"
+    probe = ProbeScorer.fit(model, positive, negative, PROBE_HOOK, position="mean")
+    return probe, f"probe at {PROBE_HOOK}"
 
 
 def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict:
@@ -146,6 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--held-samples", type=int, default=None, help="default: --samples")
     parser.add_argument("--eval-tokens", type=int, default=8)
+    parser.add_argument(
+        "--eval-samples", type=int, default=1, help="continuations per prompt (1: greedy)"
+    )
+    parser.add_argument("--eval-top-k", type=int, default=50, help="top-k when sampling")
+    parser.add_argument(
+        "--abs-scales", default="", help="one absolute scale grid for all methods (comma list)"
+    )
+    parser.add_argument("--behavior", choices=("offline", "probe"), default="offline")
+    parser.add_argument(
+        "--targets",
+        type=json.loads,
+        default=None,
+        help='weighted targets as JSON, {"sentiment": {"123": 0.5, "456": 0.5}}; others: auto',
+    )
     parser.add_argument("--sweep", default="1,2", help="multiples of the calibrated scale")
     parser.add_argument("--effect-multiplier", type=float, default=1.0, help="effect scale")
     parser.add_argument("--tasks", default="sentiment,formality,tense,voice,french")
@@ -214,12 +270,23 @@ def main() -> None:
     )
     lap("reference SAE")
 
-    # --- task targets, from texts disjoint from the probe/CAA texts (other seed)
-    targets: dict[str, tuple[int, float]] = {}
+    # --- task targets, from texts disjoint from the probe/CAA texts (other seed), and their
+    # feature cards on a held-out reference corpus (other seed than the SAE's)
+    given = args.targets or {}
+    targets: dict[str, dict] = {}
     for task in tasks:
         negative, positive = task_texts(task, 64, args.seed + 1)
-        targets[task] = target_feature(sae, model, negative, positive)
-    lap("task features")
+        targets[task] = task_target(sae, model, negative, positive, given.get(task))
+    card_corpus = reference_corpus(
+        model,
+        n_generated=args.corpus_generated,
+        generated_tokens=args.corpus_tokens,
+        n_sentences=args.corpus_sentences,
+        seed=args.seed + 7,
+    )
+    target_features = list(dict.fromkeys(f for t in targets.values() for f in t["features"]))
+    cards = feature_cards(model, sae, target_features, card_corpus, n_contexts=6, n_logits=8)
+    lap("task targets and cards")
 
     # --- one scale for every unit direction: median of a small calibration
     gen = torch.Generator().manual_seed(args.seed)
@@ -238,7 +305,7 @@ def main() -> None:
 
     # --- effect data: decoder rows (task targets first), random mixes of 2-4 decoder rows
     # (random positive weights), random Gaussian directions
-    forced = [f for f, _ in targets.values()]
+    forced = target_features
     others = [int(f) for f in torch.randperm(d_sae, generator=gen) if int(f) not in forced]
     features = list(dict.fromkeys(forced + others))[: max(args.n_decoder, len(forced))]
     decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
@@ -324,25 +391,31 @@ def main() -> None:
     best_scales: dict[str, dict[str, float]] = {}
     own_scales: dict[str, dict[str, float]] = {}
     tables = (scores, best_scales, own_scales)
-    write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
+    state = dict(targets=targets, cards=cards, comparisons={}, scorers={}, in_language={})
+    write_report(args, state, scale, act_norm, report, wd, side, tables, timings)
 
     # --- steering tasks
     coherence = LikelihoodCoherenceScorer(model)
+    english = SameLanguageScorer("english")
+    abs_scales = [float(x) for x in args.abs_scales.split(",") if x]
+    sampling = (
+        dict(n_samples=args.eval_samples, do_sample=True, top_k=args.eval_top_k)
+        if args.eval_samples > 1
+        else {}
+    )
     for task in tqdm(tasks, desc="tasks"):
         negative, positive = task_texts(task, 64, args.seed)
-        if task == "french":
-            words = list(language_pairs().targets) + FRENCH_FUNCTION_WORDS
-            behaviour = KeywordScorer(words, saturation=2)
-        else:
-            behaviour = ProbeScorer.fit(model, positive, negative, PROBE_HOOK, position="mean")
-        feature = targets[task][0]
+        behaviour, state["scorers"][task] = behaviour_scorer(
+            task, args.behavior, model, positive, negative
+        )
+        target = targets[task]["features"]
         vectors = {
             "CAA": caa_vector(model, positive, negative, HOOK, normalize=True),
-            "SAE": decoder_row_vector(sae, feature, hook_name=HOOK),
+            "SAE": decoder_row_vector(sae, target, hook_name=HOOK),
         }
-        if feature in fitted:
-            vectors["SAE-TS"] = sae_ts_vector(effect_model, [feature])
-        scores[task] = {"SAE-TS": math.nan}
+        if any(f in fitted for f in target):
+            vectors["SAE-TS"] = sae_ts_vector(effect_model, target)
+        scores[task] = {"SAE-TS": (math.nan, (math.nan, math.nan))}
         best_scales[task] = {"SAE-TS": math.nan}
         own_scales[task] = {"SAE-TS": math.nan}
         # each vector's own calibrated scale (LM loss +0.5 nats), as in the paper
@@ -353,27 +426,46 @@ def main() -> None:
             reference_texts=reference,
             scales=cal_grid,
         )
-        for (method, vector), own_scale in zip(vectors.items(), own.tolist(), strict=True):
-            own_scales[task][method] = own_scale
-            result = evaluate_steering(
+        own_scales[task].update(zip(vectors, own.tolist(), strict=True))
+        grids = {"own": {m: [x * own_scales[task][m] for x in sweep] for m in vectors}}
+        if abs_scales:
+            grids["absolute"] = abs_scales
+        for grid_name, grid in grids.items():
+            results = evaluate_methods(
                 model,
-                vector,
+                vectors,
+                scales=grid,
                 prompts=EVAL_PROMPTS,
-                scales=[m * own_scale for m in sweep],
                 behavior_scorer=behaviour,
                 coherence_scorer=coherence,
                 max_new_tokens=args.eval_tokens,
                 seed=args.seed,
+                **sampling,
             )
-            scores[task][method] = result.best_score
-            best_scales[task][method] = result.best_scale / own_scale
+            if len(results) > 1:
+                comparison = compare_evaluations(results, baseline=next(reversed(results)))
+                state["comparisons"][task, grid_name] = comparison.to_markdown()
+            if grid_name != "own":
+                continue
+            for method, result in results.items():
+                scores[task][method] = (result.best_score, result.metric_ci)
+                best_scales[task][method] = result.best_scale / own_scales[task][method]
+                best = result.samples_at()
+                in_english = english([s.text for s in best], [s.prompt for s in best])
+                state["in_language"][task, method] = sum(in_english) / len(in_english)
         lap(f"task {task}")
-        write_report(args, targets, scale, act_norm, report, wd, side, tables, timings)
+        write_report(args, state, scale, act_norm, report, wd, side, tables, timings)
 
 
-def write_report(args, targets, scale, act_norm, report, wd, side, tables, timings):
+def write_report(args, state, scale, act_norm, report, wd, side, tables, timings):
     """Print the tables and write ``sae_ts.md``, ``sae_ts.json`` and ``sae_ts.png``."""
     scores, best_scales, own_scales = tables
+    targets = state["targets"]
+    evaluation = (
+        f"{len(EVAL_PROMPTS)} prompts x {args.eval_samples} samples (top-k {args.eval_top_k}) x "
+        if args.eval_samples > 1
+        else f"{len(EVAL_PROMPTS)} greedy prompts x "
+    ) + f"{args.eval_tokens} tokens"
     tasks = list(scores)
     lines = [
         "# SAE-TS vs CAA vs SAE decoder-row steering (Gemma-3-270M)",
@@ -390,32 +482,52 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
         "other seed); "
         f"task scale sweep {args.sweep} x each vector's calibrated scale; effects at the "
         f"median calibrated scale {scale:.0f} "
-        f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {len(EVAL_PROMPTS)} greedy prompts x "
-        f"{args.eval_tokens} tokens).",
+        f"(mean |x| at {HOOK} = {act_norm:.0f}); eval {evaluation}"
+        + (f"; shared absolute grid {args.abs_scales}" if args.abs_scales else "")
+        + ").",
         "",
         f"Effect model (ridge, weight decay {wd:g} by "
         f"5-fold CV on the training split): held-out R^2 = {report.r2:.3f} "
         f"(n_train {report.n_train}, n_test {report.n_test}).",
         "",
-        "## Max over scales of behaviour x coherence",
+        "## Max over scales of mean(behaviour) x mean(coherence)",
         "",
-        "| task | target feature (separation) | " + " | ".join(METHODS) + " |",
-        "|---|---|" + "---|" * len(METHODS),
+        "| task | target {feature: weight} (separation) | behaviour scorer | "
+        + " | ".join(METHODS)
+        + " |",
+        "|---|---|---|" + "---|" * len(METHODS),
     ]
     for task in tasks:
-        f, sep = targets[task]
-        cells = [
-            f"{scores[task][m]:.3f} (x{best_scales[task][m]:g} of {own_scales[task][m]:.0f})"
-            for m in METHODS
-        ]
-        lines.append(f"| {task} | {f} ({sep:.2f}) | " + " | ".join(cells) + " |")
+        target = targets[task]
+        weights = ", ".join(f"{f}: {w:g}" for f, w in target["features"].items())
+        cells = []
+        for m in METHODS:
+            value, (low, high) = scores[task][m]
+            english = 100 * state["in_language"].get((task, m), math.nan)
+            cells.append(
+                f"{value:.3f} [{low:.3f}, {high:.3f}] (x{best_scales[task][m]:g} of "
+                f"{own_scales[task][m]:.0f}; {english:.0f}% en)"
+            )
+        lines.append(
+            f"| {task} | {{{weights}}} ({target['separation']:.2f}, {target['chosen']}) | "
+            f"{state['scorers'].get(task, '')} | " + " | ".join(cells) + " |"
+        )
     if tasks:
-        means = {m: statistics.mean(scores[t][m] for t in tasks) for m in METHODS}
-        lines.append("| **mean** | | " + " | ".join(f"{means[m]:.3f}" for m in METHODS) + " |")
+        means = {m: statistics.mean(scores[t][m][0] for t in tasks) for m in METHODS}
+        lines.append("| **mean** | | | " + " | ".join(f"{means[m]:.3f}" for m in METHODS) + " |")
     lines += [
         "",
-        "(x: best scale in units of the vector's own calibrated scale, the scale at which it "
-        "raises the LM loss on the reference sentences by 0.5 nats; x0 = unsteered.)",
+        "(95% bootstrap interval over the continuations; x: best scale in units of the vector's "
+        "own calibrated scale, the scale at which it raises the LM loss on the reference "
+        "sentences by 0.5 nats, x0 = unsteered; en: fraction of the best scale's continuations "
+        "lingua detects as English.)",
+        "",
+        "### Paired differences",
+        "",
+    ]
+    for (task, grid), table in state["comparisons"].items():
+        lines += [f"{task}, {grid} scales:", "", table, ""]
+    lines += [
         "",
         f"## Side effects on held-out rollouts (scale {args.effect_multiplier:g} x calibrated, "
         "same for both vectors)",
@@ -456,7 +568,14 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
         "",
+        "## Feature cards of the task targets",
+        "",
+        "On a held-out reference corpus (model rollouts and sentences, another seed than the "
+        "SAE's corpus).",
+        "",
     ]
+    for card in state["cards"]:
+        lines += ["```", card.summary(), "```", ""]
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -468,7 +587,11 @@ def write_report(args, targets, scale, act_norm, report, wd, side, tables, timin
         r2=report.r2,
         ridge_weight_decay=wd,
         targets=targets,
+        cards=[card.to_dict() for card in state["cards"]],
         scores=scores,
+        comparisons={f"{task} ({grid})": md for (task, grid), md in state["comparisons"].items()},
+        in_english={f"{task} {m}": v for (task, m), v in state["in_language"].items()},
+        behaviour_scorers=state["scorers"],
         best_scales=best_scales,
         own_scales=own_scales,
         side=side,
@@ -489,9 +612,9 @@ def plot(path: Path, tasks, scores, dec_eff, ts_eff) -> None:
     width = 0.27
     for i, method in enumerate(METHODS):
         xs = [j + (i - 1) * width for j in range(len(tasks))]
-        left.bar(xs, [scores[t][method] for t in tasks], width, label=method)
+        left.bar(xs, [scores[t][method][0] for t in tasks], width, label=method)
     left.set_xticks(range(len(tasks)), tasks)
-    left.set_ylabel("max behaviour x coherence")
+    left.set_ylabel("max mean(behaviour) x mean(coherence)")
     left.legend()
     left.set_title("Steering tasks")
     right.scatter(dec_eff, ts_eff, s=18)
