@@ -19,6 +19,7 @@ from ssae_lens._core.hooks import check_hook_names
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.generation import generate_tokens
 from ssae_lens.sae_ts import calibrate_scales, measure_effects
+from ssae_lens.saes.cards import feature_cards
 from ssae_lens.steering import (
     KeywordScorer,
     LikelihoodCoherenceScorer,
@@ -101,6 +102,16 @@ def test_run_to_layer_fires_the_same_hooks_as_a_full_pass_and_no_deeper(any_mode
     torch.testing.assert_close(got["act"][real], full[read][real], atol=1e-5, rtol=1e-5)
     # (a bridge also fires blocks.{stop}.hook_resid_pre, the same tensor as `read`)
     assert [any_model.hook_dict[name].name in fired for name in deeper] == [stop > 1, stop > 2]
+
+
+def test_final_logits_of_the_last_residual_equal_the_forward_logits(any_model):
+    lm = backend(any_model)
+    tokens, mask = left_padded(any_model, PROMPTS)
+    read = "blocks.2.hook_resid_post"
+    logits, cache = any_model.run_with_cache(tokens, attention_mask=mask, names_filter=read)
+    torch.testing.assert_close(
+        lm.final_logits(cache[read][:, -1]), logits[:, -1], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_kv_decoding_matches_full_forward_passes(kv_model):
@@ -376,6 +387,36 @@ def test_calibration_scorers_queries_and_caa_agree_across_backends(twins):
     torch.testing.assert_close(protos_b, protos, atol=1e-5, rtol=1e-5)
     assert change.abs().max() > 1e-2  # the queries moved the output
     torch.testing.assert_close(change_b, change, atol=1e-2 * float(change.abs().max()), rtol=0)
+
+
+def test_feature_cards_agree_across_backends(twins):
+    sae = tiny_sae("blocks.1.hook_resid_post")
+
+    def cards(model):
+        return [
+            card.to_dict()
+            for card in feature_cards(model, sae, [0, 5, 17], SOURCES + TARGETS, n_contexts=3)
+        ]
+
+    def numbers(value):  # the numbers of a card, in order
+        if isinstance(value, dict):
+            return [x for v in value.values() for x in numbers(v)]
+        if isinstance(value, (list, tuple)):
+            return [x for v in value for x in numbers(v)]
+        return [value] if isinstance(value, (int, float)) else []
+
+    def words(value):  # everything else
+        if isinstance(value, dict):
+            return {k: words(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [words(v) for v in value]
+        return None if isinstance(value, (int, float)) else value
+
+    hooked, bridged = on_both(twins, cards)
+    assert any(card["contexts"] for card in hooked)  # features that fire somewhere
+    for card, card_b in zip(hooked, bridged, strict=True):
+        assert words(card_b) == words(card)  # the same contexts and logit tokens
+        assert numbers(card_b) == pytest.approx(numbers(card), rel=1e-4, abs=1e-5)
 
 
 def test_the_evaluation_harness_agrees_across_backends(kv_twins):

@@ -5,8 +5,8 @@ Both expose the same hook names (the bridge adds aliases such as ``blocks.6.hook
 for its ``blocks.6.hook_out``), ``to_tokens``, the ``cfg`` fields read here, ``tokenizer``,
 ``hooks()``, ``run_with_cache`` / ``run_with_hooks`` and ``forward(..., attention_mask=,
 stop_at_layer=)``, so those are used directly. Hook names are validated for both in
-:mod:`ssae_lens._core.hooks`. The classes differ in four places, each handled by one method of
-the backend class:
+:mod:`ssae_lens._core.hooks`. The classes differ in these places, each handled by one method of the
+backend class:
 
 - :meth:`Backend.observe_forward`: where the tokens of a forward call sit in the sequence. A
   ``HookedTransformer`` block receives ``past_kv_cache_entry`` and the attention mask; a bridge
@@ -16,6 +16,8 @@ the backend class:
   holds its own mask and the model can return the final residual (``stop_at_layer=n_layers``);
   the bridge takes a Hugging Face ``DynamicCache`` plus the full mask on every step and returns
   logits (``logits_to_keep=1`` computes them for the last position only).
+- :meth:`Backend.final_logits`: final norm, unembedding and logit soft-cap of a residual
+  (``HookedTransformer``: ``W_U`` and ``b_U``; the bridge: its ``unembed`` component).
 - :meth:`Backend.run_to_layer`: the bridge cannot stop after its last block, so a read of the
   last block unembeds the last position only.
 - :meth:`Backend.check_steerable`: on a bridge ``hook_resid_mid`` is the input of the MLP's
@@ -175,6 +177,10 @@ class Backend(ABC):
         only through blocks ``0 .. stop_at_layer - 1`` (``state.logits`` becomes ``None``; the
         cache is then incomplete, so this must be the last step)."""
 
+    @abstractmethod
+    def final_logits(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
+        """Logits of one final residual per row: final norm, unembedding, logit soft-cap."""
+
 
 class _Hooked(Backend):
     name = "hooked"
@@ -204,7 +210,7 @@ class _Hooked(Backend):
         resid = self.model(
             tokens, attention_mask=attention_mask, past_kv_cache=cache, stop_at_layer=self.n_layers
         )
-        return DecodeState(cache, attention_mask, self._logits(resid[:, -1]))
+        return DecodeState(cache, attention_mask, self.final_logits(resid[:, -1]))
 
     def decode(
         self, state: DecodeState, tokens: Int[Tensor, " batch"], stop_at_layer: int | None = None
@@ -217,10 +223,9 @@ class _Hooked(Backend):
             past_kv_cache=state.cache,
             stop_at_layer=self.n_layers if stop_at_layer is None else stop_at_layer,
         )
-        state.logits = self._logits(resid[:, -1]) if stop_at_layer is None else None
+        state.logits = self.final_logits(resid[:, -1]) if stop_at_layer is None else None
 
-    def _logits(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
-        """Final norm, unembedding and logit soft-cap of one residual per row."""
+    def final_logits(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
         model = self.model
         if model.cfg.normalization_type is not None:
             resid = model.ln_final(resid[:, None])[:, 0]
@@ -305,6 +310,11 @@ class _Bridge(Backend):
             stop_at_layer=stop_at_layer,
         )
         state.logits = None
+
+    def final_logits(self, resid: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch vocab"]:
+        model = self.model
+        logits = model.unembed(model.ln_final(resid[:, None]))[:, 0]
+        return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
     def _step(self, tokens: Tensor, mask: Tensor, cache: Any) -> Float[Tensor, "batch vocab"]:
         logits = self.model(
