@@ -312,7 +312,7 @@ def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = Non
             cache_dir=models.cache_root() / "activations" if h.use_cache else None,
         )
     if cfg.dataset == "synthetic":  # no model ran: say so rather than name the config's model
-        data.metadata.update(dataset="synthetic", model="synthetic", hook_name="synthetic")
-    else:
-        data.metadata.update(dataset=cfg.dataset, model=cfg.model, hook_name=cfg.hook_name)
+        data.metadata.update(model="synthetic", hook_name="synthetic")
+    # Harvested data names the model as model.cfg.model_name (what SteeringVector compares
+    # against), not as the config spelled it (an alias, say).
     return data
