@@ -68,17 +68,9 @@ def test_the_substitutions_still_match_the_readme():
     python = "\n".join(_blocks("python"))
     for old, _ in PYTHON_SUBSTITUTIONS:
         assert old in python, f"README no longer contains {old!r}: update this test"
+    registered = {c.name or c.callback.__name__ for c in cli.app.registered_commands}
     names = {args[1] for args in _commands()}
-    assert names == {
-        "harvest",
-        "train",
-        "evaluate",
-        "steer",
-        "diagnose",
-        "publish",
-        "demo",
-        "paper",
-    }
+    assert names and names <= registered, names - registered
 
 
 @pytest.fixture

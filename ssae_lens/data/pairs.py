@@ -510,8 +510,7 @@ class ConceptPairs:
         origin: str,
     ) -> ConceptPairs:
         """Build from ``(place, mapping)`` rows; ``place`` locates a row in error messages."""
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
+        label_keys = _label_keys(label_keys, source_key, target_key)
         sources: list[str] = []
         targets: list[str] = []
         labels: list[Mapping[str, Any]] = []
@@ -629,8 +628,7 @@ class ConceptPairs:
         ``metadata`` defaults to ``{"name": <file stem>, "path": <path>}``.
         """
         path = Path(path)
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
+        label_keys = _label_keys(label_keys, source_key, target_key)
         reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
         try:
             if reader.fieldnames is None:
@@ -688,8 +686,7 @@ class ConceptPairs:
             )
         if columns is None:
             raise PairsTypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
+        label_keys = _label_keys(label_keys, source_key, target_key)
         wanted = [source_key, target_key, *(label_keys or ())]
         missing = [key for key in wanted if key not in columns]
         if missing:
@@ -717,6 +714,25 @@ class ConceptPairs:
             lines.append(json.dumps(row, ensure_ascii=False) + "\n")
         write_text_atomic(path, "".join(lines))
         return path
+
+
+def _label_keys(
+    label_keys: str | Sequence[str] | None, source_key: str, target_key: str
+) -> list[str] | None:
+    """``label_keys`` as a list of distinct field names other than the texts' fields."""
+    if label_keys is None:
+        return None
+    keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+    for key in keys:
+        if not isinstance(key, str):
+            raise PairsTypeError(f"label_keys must be field names (strings), got {key!r}.")
+        if key in (source_key, target_key):
+            raise PairsError(
+                f"label_keys names {key!r}, the field of the pair's texts; name label fields."
+            )
+    if len(set(keys)) != len(keys):
+        raise PairsError(f"label_keys names a field twice: {keys}.")
+    return keys
 
 
 def _read_text(path: Path) -> str:

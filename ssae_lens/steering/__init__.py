@@ -27,7 +27,11 @@ from ssae_lens.steering.scorers import (
     ProbeScorer,
     Scorer,
 )
-from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
+from ssae_lens.steering.vector import (
+    SteeringCompatibilityWarning,
+    SteeringVector,
+    VectorFileError,
+)
 
 __all__ = [
     "OPERATORS",
@@ -46,6 +50,7 @@ __all__ = [
     "SteeringEvaluation",
     "SteeringHandle",
     "SteeringVector",
+    "VectorFileError",
     "apply_steering",
     "caa_vector",
     "control_vector_layer",
