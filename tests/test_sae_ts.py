@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -63,6 +64,34 @@ def test_zero_direction_has_exactly_zero_effect(tiny_model, tiny_sae):
 def test_nonzero_direction_changes_features(tiny_model, tiny_sae):
     y = effects(tiny_model, tiny_sae, unit_directions(2))
     assert bool((y.abs().sum(dim=1) > 1e-3).all())
+
+
+def test_greedy_effects_equal_a_hand_computation_from_unsteered_readouts(tiny_model, tiny_sae):
+    # Reference: model.generate under a hand-written hook adding 3 * direction everywhere,
+    # then an unsteered run_with_cache of each rollout alone (no padding), sae.encode of the
+    # activations at the generated tokens (the last n_new inputs), averaged over tokens and
+    # prompts; the same for unsteered rollouts is subtracted.
+    dirs, n_new = unit_directions(2, seed=3), 4
+
+    def mean_features(direction):
+        rows = []
+        for prompt in PROMPTS:
+            hooks = [] if direction is None else [(HOOK, lambda act, hook: act + 3.0 * direction)]
+            with tiny_model.hooks(fwd_hooks=hooks):
+                tokens = tiny_model.generate(
+                    prompt, max_new_tokens=n_new, do_sample=False, stop_at_eos=False,
+                    verbose=False, return_type="tokens",
+                )  # fmt: skip
+            _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+            rows.append(tiny_sae.encode(cache[HOOK][0, -n_new:]).mean(0))
+        return torch.stack(rows).mean(0)
+
+    with torch.no_grad():
+        baseline = mean_features(None)
+        expected = torch.stack([mean_features(d) for d in dirs]) - baseline
+    got = effects(tiny_model, tiny_sae, dirs, max_new_tokens=n_new)
+    assert float(expected.abs().sum(1).min()) > 0.05  # the vectors change the text
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_batched_effects_equal_one_vector_at_a_time(tiny_model, tiny_sae):
@@ -222,6 +251,30 @@ def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     torch.testing.assert_close(scales, torch.tensor([1.0, 1.5]))
 
 
+def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model, monkeypatch):
+    texts = ["The cat sat on the mat.", "hey"]
+    seen = {}
+
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+        seen.setdefault("sweep", sweep)
+        return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
+
+    monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)
+    dirs = torch.zeros(1, 32)
+    dirs[0, 0] = 1.0
+    with pytest.warns(UserWarning):  # whatever the loss, the stub is not the point here
+        calibrate_scales(tiny_model, dirs, HOOK, reference_texts=texts, target_loss_increase=1e9)
+    with torch.no_grad():  # each text alone (no padding): norms at every real token
+        norms = torch.cat(
+            [
+                tiny_model.run_with_cache(t, names_filter=HOOK)[1][HOOK][0].norm(dim=-1)
+                for t in texts
+            ]
+        )
+    expected = float(norms.mean()) * torch.tensor([0.05 * 80 ** (i / 11) for i in range(12)])
+    torch.testing.assert_close(seen["sweep"], expected, rtol=1e-5, atol=0)
+
+
 def test_calibrate_scales_end_to_end(tiny_model):
     texts = ["The cat sat on the mat.", "I love this movie, it is brilliant."]
     dirs = unit_directions(3)  # on this random model, steering along dirs[1] lowers the loss
@@ -271,6 +324,23 @@ def test_effect_model_recovers_a_linear_map(method):
     assert report.r2_per_feature.shape == (12,)
 
 
+def test_ridge_matches_the_centred_closed_form_and_leaves_the_bias_unshrunk():
+    # Ridge with an unpenalised intercept = ridge on centred data, intercept from the means:
+    # W = (Xc^T Xc + alpha n I)^-1 Xc^T Yc, b = mean(y) - mean(x) W.
+    s, y, _, _ = synthetic_pairs(n=60, noise=0.3)
+    y = y + 5.0  # a large shared effect: a penalised bias would be pulled toward 0
+    xs, ys = s.double().numpy(), y.double().numpy()
+    for alpha in (0.01, 1.0, 1e6):
+        model, _ = EffectModel.fit(s, y, weight_decay=alpha, test_fraction=0.0)
+        xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+        w = np.linalg.solve(xc.T @ xc + alpha * 60 * np.eye(xs.shape[1]), xc.T @ yc)
+        b = ys.mean(0) - xs.mean(0) @ w
+        np.testing.assert_allclose(model.W.numpy(), w, atol=1e-5)
+        np.testing.assert_allclose(model.b.numpy(), b, atol=1e-5)
+    # an overwhelming penalty leaves only the intercept: the mean effect
+    np.testing.assert_allclose(model.b.numpy(), ys.mean(0), atol=1e-4)
+
+
 def test_fit_report_r2_matches_its_definition():
     s, y, _, _ = synthetic_pairs(n=50, noise=0.5)
     model, report = EffectModel.fit(s, y, test_fraction=0.2, seed=4)
@@ -279,6 +349,20 @@ def test_fit_report_r2_matches_its_definition():
     centred = y[test] - y[test].mean(0)
     assert report.r2 == pytest.approx(float(1 - (resid**2).sum() / (centred**2).sum()), abs=1e-5)
     assert report.test_mse == pytest.approx(float((resid**2).mean()), rel=1e-4)
+
+
+def test_fit_without_a_held_out_split_reports_nan_and_serialises():
+    s, y, _, _ = synthetic_pairs(n=30)
+    model, report = EffectModel.fit(s, y, test_fraction=0.0)
+    assert (report.n_train, report.n_test) == (30, 0)
+    assert math.isnan(report.r2) and math.isnan(report.test_mse)
+    assert report.train_mse == pytest.approx(float(((model.predict(s) - y) ** 2).mean()), rel=1e-4)
+    as_dict = report.to_dict()
+    assert as_dict["n_train"] == 30 and len(as_dict["r2_per_feature"]) == 12
+    with pytest.raises(ValueError, match="same n"):
+        EffectModel.fit(s, y[:-1])
+    with pytest.raises(ValueError, match="Unknown fit method"):
+        EffectModel.fit(s, y, method="lbfgs")
 
 
 def test_effect_model_save_load_roundtrip(tmp_path):
@@ -375,6 +459,41 @@ def test_rotation_vector_reaches_a_feature_without_effect_data():
     expected = decoder[missing] @ rotation
     torch.testing.assert_close(v.direction, expected / expected.norm(), atol=1e-5, rtol=0)
     assert v.provenance["fitted_features"] == d_sae - 1
+
+
+def test_dense_and_sparse_targets_give_the_same_vectors():
+    g = torch.Generator().manual_seed(1)
+    effect_model = EffectModel(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), HOOK)
+    dense = torch.tensor([0.0, 1.0, 0.0, -0.5])
+    for make in (sae_ts_vector, pinv_vector):
+        torch.testing.assert_close(
+            make(effect_model, dense).direction, make(effect_model, {1: 1.0, 3: -0.5}).direction
+        )
+    with pytest.raises(ValueError, match="dense target needs shape"):
+        sae_ts_vector(effect_model, torch.ones(3))
+
+
+def test_rotation_vector_uses_only_the_given_fitted_features():
+    g = torch.Generator().manual_seed(0)
+    d, d_sae = 4, 8
+    decoder = torch.randn(d_sae, d, generator=g)
+    decoder = decoder / decoder.norm(dim=1, keepdim=True)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    w = (decoder @ rotation).T
+    w[:, 6:] = torch.randn(d, 2, generator=g)  # columns 6, 7 do not follow the rotation
+    cfg = StandardSAEConfig(d_in=d, d_sae=d_sae)
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(decoder)
+    effect_model = EffectModel(w, torch.zeros(d_sae), HOOK)
+    v = rotation_vector(effect_model, sae, [2], fitted_features=range(6))
+    expected = decoder[2] @ rotation
+    torch.testing.assert_close(v.direction, expected / expected.norm(), atol=1e-5, rtol=0)
+    assert v.provenance["fitted_features"] == 6
+    polluted = rotation_vector(effect_model, sae, [2])  # all 8 columns: another rotation
+    assert not torch.allclose(polluted.direction, v.direction, atol=1e-3)
+    with pytest.raises(ValueError, match="does not match the effect model"):
+        rotation_vector(EffectModel(torch.zeros(d + 1, d_sae), torch.zeros(d_sae)), sae, [2])
 
 
 def test_decoder_row_vector_is_the_normalised_sae_row(tiny_sae):

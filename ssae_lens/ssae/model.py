@@ -112,6 +112,18 @@ class _SSAEArchitectureConfig:
             )
         if self.topk is not None and not 1 <= self.topk <= d_sae:
             raise ValueError(f"topk must be in [1, d_sae={d_sae}] or None, got {self.topk}.")
+        # Options inherited from SAELens's base configs that the SSAE does not implement.
+        normalize = getattr(self, "normalize_activations", "none")
+        if normalize != "none":
+            raise ValueError(
+                f"normalize_activations={normalize!r} is SAELens's input normalisation, which "
+                "the SSAE does not use; leave it 'none' and set shift_normalization instead."
+            )
+        if not getattr(self, "apply_b_dec_to_input", True):
+            raise ValueError(
+                "apply_b_dec_to_input=False is not supported: the SSAE always subtracts b_dec "
+                "(zero unless use_bias=True) from the normalised shift."
+            )
 
 
 @dataclass
@@ -161,6 +173,8 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
     lr_end_ratio: float = 0.1
     batch_size: int = 256
     training_steps: int = 3000
+    # SAELens's TrainingSAEConfig field; the SSAE's decoder rows have unit norm from the
+    # start and after every step, so it must stay None (checked in __post_init__).
     decoder_init_norm: float | None = None
 
     @override
@@ -177,12 +191,18 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
                 "sparsity='topk' needs topk=<units to keep>, and topk needs sparsity='topk'; "
                 f"got sparsity={self.sparsity!r}, topk={self.topk!r}."
             )
+        if self.decoder_init_norm is not None:
+            raise ValueError(
+                f"decoder_init_norm={self.decoder_init_norm} is a SAELens option the SSAE does "
+                "not use (its decoder rows always have unit norm); leave it None."
+            )
         for name in ("sparsity_target", "lr", "lr_end_ratio", "batch_size", "training_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
-        for name in ("sparsity_target_start", "decoder_init_norm"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0 or None, got {getattr(self, name)}.")
+        if self.sparsity_target_start is not None and self.sparsity_target_start <= 0:
+            raise ValueError(
+                f"sparsity_target_start must be > 0 or None, got {self.sparsity_target_start}."
+            )
         for name in ("multiplier_lr_ratio", "l1_coefficient", "sparsity_target_ramp_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")

@@ -140,6 +140,31 @@ class TrainingRecord:
     lr: float
 
 
+class _MultiplierFollowsLR:
+    """SAELens's learning-rate schedule, with the multiplier's group (if any) held at
+    ``ratio`` times the weights' rate at every step.
+
+    On its own, SAELens's cosine schedule anneals every group to the same absolute
+    ``lr_end``: the multiplier's rate would end at ``lr_end`` whatever the ratio (and
+    grow from 0 to it with ``multiplier_lr_ratio=0``).
+    """
+
+    def __init__(self, schedule: Any, optimizer: torch.optim.Optimizer, ratio: float):
+        self.schedule, self.optimizer, self.ratio = schedule, optimizer, ratio
+
+    def step(self) -> None:
+        self.schedule.step()
+        groups = self.optimizer.param_groups
+        if len(groups) > 1:
+            groups[1]["lr"] = groups[0]["lr"] * self.ratio
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state)
+
+
 class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
     """SAELens's ``SAETrainer`` with the SSAE's multiplier learning rate and history.
 
@@ -175,7 +200,7 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
             groups, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2)
         )
         assert self.cfg.lr_end is not None
-        self.lr_scheduler = get_lr_scheduler(
+        schedule = get_lr_scheduler(
             self.cfg.lr_scheduler_name,
             optimizer=self.optimizer,
             training_steps=self.cfg.total_training_steps,
@@ -184,6 +209,9 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
             decay_steps=self.cfg.lr_decay_steps,
             lr_end=self.cfg.lr_end,
             num_cycles=self.cfg.n_restart_cycles,
+        )
+        self.lr_scheduler = _MultiplierFollowsLR(
+            schedule, self.optimizer, self.sae.cfg.multiplier_lr_ratio
         )
 
     def step(self, batch: Tensor) -> TrainStepOutput:
@@ -393,7 +421,8 @@ def load_or_train_ssae(
     1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    # Not the metadata: train_ssae records results there (l0, dead features) on the caller's cfg.
+    # Not the metadata: it describes the SSAE (hook, model; train_ssae adds its training
+    # metrics after training) but does not change how it trains.
     fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
