@@ -45,7 +45,11 @@ from ssae_lens.steering.text_scorers import (
     SameLanguageScorer,
     VaderSentimentScorer,
 )
-from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
+from ssae_lens.steering.vector import (
+    SteeringCompatibilityWarning,
+    SteeringVector,
+    VectorFileError,
+)
 
 __all__ = [
     "OPERATORS",
@@ -73,6 +77,7 @@ __all__ = [
     "SteeringSample",
     "SteeringVector",
     "VaderSentimentScorer",
+    "VectorFileError",
     "apply_steering",
     "caa_vector",
     "control_vector_layer",
