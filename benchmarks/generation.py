@@ -34,8 +34,9 @@ from pathlib import Path
 
 import torch
 
+from ssae_lens._core.backend import backend
 from ssae_lens._core.io import write_text_atomic
-from ssae_lens.generation import _last_logits, generate_tokens, sample_tokens
+from ssae_lens.generation import generate_tokens, sample_tokens
 from ssae_lens.models import load_model
 
 PROMPTS = [
@@ -216,7 +217,7 @@ def decode_step_parts(model, prompts: list[str], repeats: int) -> dict[str, floa
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(prompts))
         resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
         clock = time.process_time()
-        logits = _last_logits(model, resid[:, -1])
+        logits = backend(model).final_logits(resid[:, -1])
         parts["unembed"].append(time.process_time() - clock)
         clock = time.process_time()
         nxt = sample_tokens(logits, u, top_k=50)

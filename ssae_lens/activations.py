@@ -1,4 +1,5 @@
-"""Harvesting activations and paired activation shifts from a ``HookedTransformer``.
+"""Harvesting activations and paired activation shifts from a TransformerLens model
+(``HookedTransformer`` or ``TransformerBridge``).
 
 A Sparse Shift Autoencoder learns from shifts ``z(target) - z(source)`` of paired prompts read at
 one hook point. :class:`PairedActivationStore` runs the model over both sides of every pair and
@@ -24,7 +25,9 @@ Activations of attention hooks with a head dimension (e.g. ``blocks.L.attn.hook_
 
 With ``cache_dir`` set, activations are written as safetensors shards (a
 :class:`~ssae_lens._core.cache.ChunkStore`) in a folder keyed by everything that changes them:
-the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`), the hooks,
+the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`; the two
+backends' configs and parameter names differ, so a bridge never reads a ``HookedTransformer``'s
+cache or the reverse), the hooks,
 the position options and the token ids of the texts. Shards are checksummed and written
 atomically; an interrupted run resumes at the first missing shard, a corrupt shard is
 recomputed with a warning, and a rerun with the same key reads the cache instead of running the
@@ -46,8 +49,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model, backend
 from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_hooks
 from ssae_lens._core.hooks import check_hook_names, stop_at_layer
 from ssae_lens._core.tokens import pad_token_rows
@@ -73,7 +76,7 @@ class PairedActivationStore:
     """Activation shifts ``target - source`` of paired prompts at one or more hook points.
 
     Args:
-        model: The model to run.
+        model: The model to run: a ``HookedTransformer`` or a ``TransformerBridge``.
         pairs: A ``ConceptPairs`` (or any object with ``.sources`` and ``.targets`` lists of
             strings) or a ``(sources, targets)`` tuple of lists.
         hook_names: One TransformerLens hook name or a list of them (``blocks.6.hook_resid_post``,
@@ -95,7 +98,7 @@ class PairedActivationStore:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         pairs: Any,
         hook_names: str | Sequence[str],
         position: Position = "last",
@@ -191,7 +194,7 @@ class PairedActivationStore:
 
 
 def harvest_shifts(
-    model: HookedTransformer,
+    model: Model,
     pairs: Any,
     hook_name: str | Sequence[str],
     position: Position = "last",
@@ -215,7 +218,7 @@ def harvest_shifts(
 
 
 def harvest_activations(
-    model: HookedTransformer,
+    model: Model,
     texts: Sequence[str],
     hook_name: str | Sequence[str],
     position: Position = "last",
@@ -271,7 +274,7 @@ class _TextHarvester:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         texts: list[str],
         hook_names: list[str],
         position: str,
@@ -285,11 +288,7 @@ class _TextHarvester:
         shard_size: int = 4096,
         progress: bool = True,
     ):
-        if not isinstance(model, HookedTransformer):
-            raise TypeError(
-                f"model must be a HookedTransformer, got {type(model).__name__}; "
-                "load one with ssae_lens.models.load_model."
-            )
+        self.backend = backend(model)
         if model.tokenizer is None:
             raise ValueError("The model has no tokenizer; set one with model.set_tokenizer(...).")
         if position not in POSITIONS:
@@ -312,7 +311,7 @@ class _TextHarvester:
         self.progress = progress
         self.stop_at_layer = stop_at_layer(hook_names)
         if prepend_bos is None:
-            prepend_bos = model.cfg.default_prepend_bos
+            prepend_bos = self.backend.default_prepend_bos
         has_bos = bool(prepend_bos) and model.tokenizer.bos_token_id is not None
         self.drop_bos = has_bos and not include_bos and position != "last"
 
@@ -326,13 +325,11 @@ class _TextHarvester:
                     f"{describe(first_use[u])} is empty or not a string ({text!r}); "
                     "remove it from the dataset."
                 )
-            ids = model.to_tokens(
-                text, prepend_bos=prepend_bos, move_to_device=False, truncate=False
-            )[0].tolist()
-            if len(ids) > model.cfg.n_ctx:
+            ids = self.backend.token_ids(text, prepend_bos)
+            if len(ids) > self.backend.n_ctx:
                 raise ValueError(
                     f"{describe(first_use[u])} is {len(ids)} tokens long, more than the model's "
-                    f"context of {model.cfg.n_ctx} (n_ctx). Shorten or drop it."
+                    f"context of {self.backend.n_ctx} (n_ctx). Shorten or drop it."
                 )
             if len(ids) <= int(self.drop_bos):
                 raise ValueError(
@@ -433,10 +430,10 @@ class _TextHarvester:
 
         captured: dict[str, Tensor] = {}
 
-        def capture(act: Tensor, hook) -> None:
+        def capture(name: str, act: Tensor) -> None:
             if act.shape[:2] != tokens.shape:
                 raise ValueError(
-                    f"Hook {hook.name} has activations of shape {tuple(act.shape)}, not "
+                    f"Hook {name} has activations of shape {tuple(act.shape)}, not "
                     "[batch, pos, ...]; harvest a hook with one row per token instead "
                     "(e.g. hook_z or hook_result rather than hook_pattern)."
                 )
@@ -450,15 +447,15 @@ class _TextHarvester:
                 reduced = summed / kept.sum(1)
             else:
                 reduced = act[keep.to(device)]
-            captured[hook.name] = reduced.to("cpu", torch.float32)
+            captured[name] = reduced.to("cpu", torch.float32)
 
-        device = model.cfg.device
-        with model.hooks(fwd_hooks=[(hook, capture) for hook in self.hook_names]):
-            model(
-                tokens.to(device),
-                attention_mask=mask.long().to(device),
-                stop_at_layer=self.stop_at_layer,
-            )
+        # Keyed by the requested name: a bridge's hook.name is the canonical name of an alias.
+        hooks = [
+            (name, lambda act, hook, name=name: capture(name, act)) for name in self.hook_names
+        ]
+        device = self.backend.device
+        with model.hooks(fwd_hooks=hooks):
+            self.backend.run_to_layer(tokens.to(device), mask.long().to(device), self.stop_at_layer)
         return captured
 
 

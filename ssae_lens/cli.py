@@ -31,8 +31,8 @@ from ssae_lens.config import ConfigError, ExperimentConfig, load_config, save_co
 
 if TYPE_CHECKING:
     from sae_lens import SAE
-    from transformer_lens import HookedTransformer
 
+    from ssae_lens._core.backend import Model
     from ssae_lens.shift_data import ShiftData
 
 app = typer.Typer(
@@ -91,7 +91,7 @@ def _existing(path: Path, what: str) -> Path:
 
 
 def _shift_data(
-    cfg: ExperimentConfig, shifts: Path | None, model: HookedTransformer | None = None
+    cfg: ExperimentConfig, shifts: Path | None, model: Model | None = None
 ) -> ShiftData:
     """The shifts file given, or the config's ``harvest`` output (harvested now if missing,
     with ``model`` if given)."""
@@ -244,7 +244,7 @@ def steer(
                 f"steer.latent={cfg.steer.latent} is out of range [0, {sae.cfg.d_sae})."
             )
         vec = SteeringVector.from_ssae(sae, cfg.steer.latent, hook_name=cfg.hook_name)
-    model = models.load_model(cfg.model, device=cfg.device)
+    model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
     if scale is None:  # an SSAE decoder row: a fraction of the typical shift
         scale = cfg.steer.scale_fraction * _shift_data(cfg, None, model).median_shift_norm()
     vec.check_compatible(model)

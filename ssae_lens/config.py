@@ -1,8 +1,8 @@
 """One config schema for the command line, the demo and the studies: YAML into dataclasses.
 
 A config is a YAML mapping whose keys are the fields of a dataclass; nested sections are nested
-dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``hook_name``,
-``device``, ``out_dir``) and uses the shared sections it needs:
+dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``backend``,
+``hook_name``, ``device``, ``out_dir``) and uses the shared sections it needs:
 
 - ``columns:`` :class:`ColumnsSection`: the source, target and label fields of a pairs file;
 - ``harvest:`` :class:`HarvestSection`: batching, the train/test split, the activation cache;
@@ -81,9 +81,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """The fields every config has: the model, the hook point read, the device, the output."""
+    """The fields every config has: the model, the hook point read, the device, the output.
+
+    ``backend`` is how the model is run: ``"hooked"`` (``HookedTransformer``) or ``"bridge"``
+    (``TransformerBridge``, any Hugging Face causal LM); see :mod:`ssae_lens.models`.
+    """
 
     model: str = "gemma-3-270m"
+    backend: Literal["hooked", "bridge"] = "hooked"
     hook_name: str = "blocks.12.hook_resid_post"
     device: str = "cpu"
     out_dir: str = "runs/experiment"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
-from transformer_lens import HookedTransformer
 
 from ssae_lens import models
+from ssae_lens._core.backend import Model
 from ssae_lens._core.io import save_figure, write_text_atomic
 from ssae_lens.compare import (
     Fit,
@@ -57,7 +57,7 @@ def run_demo(cfg: ExperimentConfig) -> Path:
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     save_config(cfg, out / "config.yaml")
-    model = models.load_model(cfg.model, device=cfg.device)
+    model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
     data = experiment_data(cfg, model)
     t_harvest = time.perf_counter() - t0
 
@@ -128,7 +128,7 @@ def _latents(fit: Fit, data: ShiftData) -> tuple[list[str], list[tuple[str, Stee
 
 
 def _generations(
-    model: HookedTransformer,
+    model: Model,
     prompts: Sequence[str],
     vectors: list[tuple[str, SteeringVector]],
     scale: float,

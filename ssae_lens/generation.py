@@ -20,10 +20,9 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.utilities import apply_softcap
 
+from ssae_lens._core.backend import Model, backend
+from ssae_lens._core.finite import all_finite
 from ssae_lens._core.hooks import hook_layer
 from ssae_lens._core.tokens import pad_token_rows
 
@@ -84,7 +83,7 @@ def sample_tokens(
 
 @torch.no_grad()
 def generate_tokens(
-    model: HookedTransformer,
+    model: Model,
     prompts: Sequence[str],
     max_new_tokens: int,
     *,
@@ -99,14 +98,18 @@ def generate_tokens(
     """Batched generation with a KV cache; a lean equivalent of ``model.generate``.
 
     The prompts are left-padded; each step runs only the new token through the blocks and
-    computes logits for the last position only (``ln_final`` then ``resid @ W_U + b_U``).
-    Greedy decoding returns the same tokens as ``model.generate(prompts, max_new_tokens,
-    do_sample=False, stop_at_eos=False, padding_side="left", return_type="tokens")``.
+    computes logits for the last position only (``ln_final`` then ``resid @ W_U + b_U`` on a
+    ``HookedTransformer``, ``logits_to_keep=1`` on a ``TransformerBridge``; see
+    :mod:`ssae_lens._core.backend`). Greedy decoding returns the same tokens as
+    ``model.generate(prompts, max_new_tokens, do_sample=False, stop_at_eos=False,
+    padding_side="left", return_type="tokens")``.
     Steering hooks active on the model (``steer``, ``steer_rows``) apply on the prompt and on
     every decode step. Never stops early (cut at EOS afterwards: :func:`generate_texts`).
 
     Args:
-        model: a ``HookedTransformer`` with a tokenizer.
+        model: a ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer. A bridge
+            needs a transformers version whose KV cache it fills (below 5.24 with
+            TransformerLens 3.9); otherwise this raises ``RuntimeError``.
         prompts: the prompts, one per batch row.
         max_new_tokens: tokens to generate per row.
         do_sample: sample (else greedy: the most likely token).
@@ -130,7 +133,8 @@ def generate_tokens(
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     if not prompts:
         raise ValueError("No prompts to continue.")
-    device = torch.device(model.cfg.device)
+    lm = backend(model)
+    device = lm.device
     if uniforms is None and do_sample:
         generator = torch.Generator().manual_seed(seed)
         uniforms = torch.rand(len(prompts), max_new_tokens, generator=generator)
@@ -139,7 +143,14 @@ def generate_tokens(
             f"uniforms must have shape (len(prompts), max_new_tokens) = "
             f"({len(prompts)}, {max_new_tokens}), got {tuple(uniforms.shape)}."
         )
-    tokenized = {p: model.to_tokens(p)[0] for p in dict.fromkeys(prompts)}  # rows repeat prompts
+    tokenized = {p: lm.token_ids(p) for p in dict.fromkeys(prompts)}  # rows repeat prompts
+    longest = max(tokenized.values(), key=len)
+    if len(longest) + max_new_tokens > lm.n_ctx:
+        raise ValueError(
+            f"A prompt of {len(longest)} tokens plus max_new_tokens={max_new_tokens} exceeds "
+            f"the model's context of {lm.n_ctx} tokens (n_ctx); shorten the prompt or "
+            "generate fewer tokens."
+        )
     tokens, mask = pad_token_rows(
         [tokenized[p] for p in prompts],
         side="left",
@@ -147,22 +158,23 @@ def generate_tokens(
         device=device,
     )
     mask = mask.long()
-    ones = mask.new_ones(len(prompts), 1)
-    n_layers = model.cfg.n_layers
     layer = None if capture is None else hook_layer(capture)
     captured: list[Tensor] = []
 
     def grab(act: Tensor, hook: Any) -> None:
         captured.append(act.detach()[:, -1:])
 
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(prompts))
     hooks = [] if capture is None else [(capture, grab)]
     with model.hooks(fwd_hooks=hooks):
-        resid = model(tokens, attention_mask=mask, past_kv_cache=cache, stop_at_layer=n_layers)
+        state = lm.prefill(tokens, mask)
         captured.clear()  # the prompt's own activations are not wanted
         new = []
         for step in range(max_new_tokens):
-            logits = _last_logits(model, resid[:, -1])
+            logits = state.logits
+            if not all_finite(logits):
+                raise FloatingPointError(
+                    "The logits became NaN/inf during generation (steering scale too large?)."
+                )
             if uniforms is None:
                 nxt = logits.argmax(-1)
             else:
@@ -177,17 +189,14 @@ def generate_tokens(
             last = step == max_new_tokens - 1
             if last and capture is None:
                 break
-            stop = (layer + 1 if layer is not None else n_layers) if last else n_layers
-            resid = model(
-                nxt[:, None], attention_mask=ones, past_kv_cache=cache, stop_at_layer=stop
-            )
+            lm.decode(state, nxt, stop_at_layer=layer + 1 if last and layer is not None else None)
     out = torch.cat([tokens, torch.stack(new, dim=1)], dim=1)
     acts = torch.cat(captured, dim=1) if capture is not None else None
     return out, acts
 
 
 def generate_texts(
-    model: HookedTransformer,
+    model: Model,
     prompts: Sequence[str],
     max_new_tokens: int,
     **options: Any,
@@ -205,17 +214,3 @@ def generate_texts(
             row = row[: row.index(eos)]
         texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
     return texts
-
-
-def _last_logits(
-    model: HookedTransformer, resid: Float[Tensor, "batch d"]
-) -> Float[Tensor, "batch vocab"]:
-    if model.cfg.normalization_type is not None:
-        resid = model.ln_final(resid[:, None])[:, 0]
-    logits = torch.addmm(model.unembed.b_U, resid, model.unembed.W_U)
-    logits = apply_softcap(logits, model.cfg.output_logits_soft_cap)
-    if not bool(torch.isfinite(logits).all()):
-        raise FloatingPointError(
-            "The logits became NaN/inf during generation (steering scale too large?)."
-        )
-    return logits

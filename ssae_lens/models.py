@@ -9,12 +9,26 @@ The checkpoint is a verified cache folder (:mod:`ssae_lens._core.cache`): its ma
 the sha256 of the source GGUF file and of every file written, and a half-written, damaged or
 outdated checkpoint is rebuilt with a warning rather than loaded.
 
-Any other name goes to TransformerLens (the normal online path). All models are loaded with
-``HookedTransformer.from_pretrained_no_processing``: steering vectors, shifts and SAEs are read
-and written in the residual stream, and layer-norm folding / weight centering would change that
-basis away from the Hugging Face one that pretrained SAEs (e.g. Gemma Scope) and SAELens' own
-training runner (``sae_lens.load_model``) use. Pass processing flags as keyword arguments to
-opt in (e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``).
+Two backends run a model (``backend=``):
+
+- ``"hooked"`` (the default): TransformerLens's ``HookedTransformer``, loaded with
+  ``HookedTransformer.from_pretrained_no_processing``. Any other name goes to TransformerLens's
+  model list (the normal online path). It is the default because SAELens 6, which ssae-lens
+  extends, builds on it: its training runner (``sae_lens.load_model``), ``HookedSAETransformer``
+  and the metadata of pretrained SAEs all name ``HookedTransformer`` models; and because the
+  bridge's KV cache needs ``transformers<5.24`` with TransformerLens 3.9.
+- ``"bridge"``: TransformerLens's ``TransformerBridge`` (the path TransformerLens 4 keeps, as
+  ``HookedTransformer`` is deprecated), which wraps the Hugging Face model itself and so opens
+  any Hugging Face causal LM TransformerLens has an adapter for, by Hub id or local folder.
+
+Numerics: the bridge runs the Hugging Face weights unprocessed ("raw HF numerics");
+``HookedTransformer`` is loaded without processing, so it computes the same function in
+TransformerLens's own code, in the same basis. Steering vectors, shifts and SAEs are read and
+written in the residual stream, and layer-norm folding / weight centering would change that
+basis away from the Hugging Face one that pretrained SAEs (e.g. Gemma Scope) use. The two
+backends agree to float rounding, not bit for bit (for the embedded Gemma,
+``benchmarks/results/bridge_parity.md``). Pass processing flags as keyword arguments to opt in
+(e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``; hooked backend only).
 """
 
 from __future__ import annotations
@@ -28,13 +42,17 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic
 
-__all__ = ["EMBEDDED_MODELS", "cache_root", "load_model"]
+__all__ = ["BACKENDS", "EMBEDDED_MODELS", "Model", "cache_root", "load_model"]
 
 EMBEDDED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Embedded model names and the TransformerLens architecture name each one is loaded as."""
+
+BACKENDS: tuple[str, ...] = ("hooked", "bridge")
+"""The values of ``load_model(..., backend=)``."""
 
 _FORMAT_VERSION = 2  # 2: a verified cache folder (file sha256s)
 # The manifest of format 1, still written so that older ssae-lens versions sharing the cache
@@ -55,36 +73,49 @@ def cache_root() -> Path:
 
 
 def load_model(
-    name: str | HookedTransformer = "gemma-3-270m",
+    name: str | Model = "gemma-3-270m",
     *,
+    backend: str = "hooked",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike | None = None,
     **from_pretrained_kwargs: Any,
-) -> HookedTransformer:
-    """Load a ``HookedTransformer`` by name.
+) -> Model:
+    """Load a model by name, as a ``HookedTransformer`` or a ``TransformerBridge``.
 
     Args:
-        name: ``"gemma-3-270m"`` (embedded, offline), any TransformerLens model name (loaded
-            through ``HookedTransformer.from_pretrained_no_processing``, which may download), or
-            an existing ``HookedTransformer``, returned unchanged.
+        name: ``"gemma-3-270m"`` (embedded, offline, either backend); with
+            ``backend="hooked"`` any TransformerLens model name (loaded through
+            ``HookedTransformer.from_pretrained_no_processing``, which may download); with
+            ``backend="bridge"`` any Hugging Face causal LM that TransformerLens has an adapter
+            for: a Hub id (offline it must be in the Hugging Face cache) or a local folder
+            holding its config, weights and tokenizer. An existing ``HookedTransformer`` or
+            ``TransformerBridge`` is returned unchanged.
+        backend: ``"hooked"`` (default) or ``"bridge"``; see the module docstring for why
+            and for the numeric differences.
         device: Device to put the model on.
         dtype: Parameter dtype.
         cache_dir: Root cache folder for the converted embedded model; defaults to
             :func:`cache_root`. The checkpoint lives in ``<cache_dir>/models/<name>``.
         **from_pretrained_kwargs: Passed on to ``from_pretrained_no_processing`` (e.g.
-            ``fold_ln=True``, ``n_ctx=...``).
+            ``fold_ln=True``, ``n_ctx=...``) or to ``TransformerBridge.boot_transformers``
+            (e.g. ``revision=...``, ``hf_config_overrides=...``).
 
     Returns:
         The model in eval mode.
     """
-    if isinstance(name, HookedTransformer):
+    if isinstance(name, Model):
         return name
     if not isinstance(name, str):
         raise TypeError(
-            f"load_model expects a model name or a HookedTransformer, got {type(name).__name__}."
+            "load_model expects a model name, a HookedTransformer or a TransformerBridge, got "
+            f"{type(name).__name__}."
         )
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     if name not in EMBEDDED_MODELS:
+        if backend == "bridge":
+            return _boot_bridge(name, device=device, dtype=dtype, **from_pretrained_kwargs)
         _check_model_name(name)
         try:
             model = HookedTransformer.from_pretrained_no_processing(
@@ -103,8 +134,21 @@ def load_model(
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = _embedded_checkpoint(name, root / "models")
-    hf_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Eager attention, as the bridge uses when it loads a model itself (its attention hooks
+    # need the explicit pattern); HookedTransformer only reads the weights.
+    hf_model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation="eager"
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if backend == "bridge":
+        return _boot_bridge(
+            EMBEDDED_MODELS[name],
+            hf_model=hf_model,
+            tokenizer=tokenizer,
+            device=device,
+            dtype=dtype,
+            **from_pretrained_kwargs,
+        )
     model = HookedTransformer.from_pretrained_no_processing(
         EMBEDDED_MODELS[name],
         hf_model=hf_model,
@@ -113,6 +157,32 @@ def load_model(
         dtype=dtype,
         **from_pretrained_kwargs,
     )
+    return model.eval()
+
+
+def _boot_bridge(name: str, **kwargs: Any) -> Model:
+    """``TransformerBridge.boot_transformers(name, **kwargs)`` in eval mode; a name that is
+    neither a local folder nor reachable gets an error saying what to pass instead."""
+    from huggingface_hub import constants
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        model = TransformerBridge.boot_transformers(name, **kwargs)
+    except OSError as err:
+        if Path(name).expanduser().is_dir():
+            raise
+        where = (
+            "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1) and it is not in the "
+            "Hugging Face cache"
+            if constants.HF_HUB_OFFLINE
+            else "it could not be downloaded from the Hugging Face Hub"
+        )
+        raise OSError(
+            f"Cannot load {name!r} through TransformerBridge: it is not a local folder, and "
+            f"{where}. Pass a folder holding a Hugging Face causal LM (config.json, weights "
+            "and tokenizer, as save_pretrained writes them), download the model while online "
+            "(huggingface-cli download NAME), or use the embedded 'gemma-3-270m'."
+        ) from err
     return model.eval()
 
 

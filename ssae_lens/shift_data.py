@@ -23,9 +23,9 @@ from jaxtyping import Float
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from ssae_lens import models
+from ssae_lens._core.backend import Model
 from ssae_lens._core.io import atomic_path
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.config import ConfigError
@@ -160,14 +160,14 @@ def reference_directions(
 
 @overload
 def harvest_shift_data(
-    model: HookedTransformer, pairs: ConceptPairs, hook_name: str, **options: object
+    model: Model, pairs: ConceptPairs, hook_name: str, **options: object
 ) -> ShiftData: ...
 @overload
 def harvest_shift_data(
-    model: HookedTransformer, pairs: ConceptPairs, hook_name: Sequence[str], **options: object
+    model: Model, pairs: ConceptPairs, hook_name: Sequence[str], **options: object
 ) -> dict[str, ShiftData]: ...
 def harvest_shift_data(
-    model: HookedTransformer,
+    model: Model,
     pairs: ConceptPairs,
     hook_name: str | Sequence[str],
     *,
@@ -274,7 +274,7 @@ def load_dataset(
     return load_pairs(dataset)
 
 
-def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = None) -> ShiftData:
+def experiment_data(cfg: ExperimentConfig, model: Model | None = None) -> ShiftData:
     """The shift data an :class:`~ssae_lens.config.ExperimentConfig` describes: its dataset
     harvested at ``cfg.hook_name`` (``model``, or ``cfg.model`` loaded on ``cfg.device``) with
     the ``harvest:`` options, or ``synthetic`` shifts from the ``synthetic:`` options."""
@@ -300,8 +300,10 @@ def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = Non
                 f"{err.available}. Name the right ones in the config's columns: section, e.g. "
                 f"--set columns.source={err.available[0] if err.available else 'NAME'}."
             ) from None
+        if model is None:
+            model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
         data = harvest_shift_data(
-            model if model is not None else models.load_model(cfg.model, device=cfg.device),
+            model,
             pairs,
             cfg.hook_name,
             name=cfg.dataset,

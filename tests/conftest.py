@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random HookedTransformer with a real tokenizer, Gemma-3-270M, and a
-stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1."""
+"""Shared fixtures: tiny random models (a HookedTransformer and a TransformerBridge) with a real
+tokenizer, Gemma-3-270M, and a stand-in for the Hugging Face Hub's HTTP API on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.model_bridge import TransformerBridge
 from transformers import PreTrainedTokenizerFast
 
 from ssae_lens.testing import bpe_tokenizer
@@ -69,6 +70,56 @@ def build_tiny_model(
     return model.eval()
 
 
+def build_tiny_bridge(
+    tokenizer: PreTrainedTokenizerFast, architecture: str = "gemma3", seed: int = 0
+) -> TransformerBridge:
+    """A small random Hugging Face model booted through ``TransformerBridge``, without the Hub.
+
+    ``"gemma3"``: Gemma 3 text (RMSNorm, rotary, grouped-query attention, a 4-token sliding
+    window on layers 0 and 2, logit soft-cap 5); ``"gpt2"``: GPT-2 (LayerNorm, absolute
+    positions; weights of standard deviation 0.3, so its output depends on its input). Both
+    have 3 layers, d_model 32, 4 heads of 8, d_mlp 64 and a 48-token context.
+    """
+    import transformers
+
+    special = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if architecture == "gemma3":
+        config = transformers.Gemma3TextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=48,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            final_logit_softcapping=5.0,
+            architectures=["Gemma3ForCausalLM"],
+            **special,
+        )
+        model_class = transformers.Gemma3ForCausalLM
+    elif architecture == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=len(tokenizer), n_positions=48, n_embd=32, n_layer=3, n_head=4, n_inner=64,
+            initializer_range=0.3, **special,
+        )  # fmt: skip
+        model_class = transformers.GPT2LMHeadModel
+    else:
+        raise ValueError(f"unknown tiny architecture {architecture!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf_model = model_class(config).eval()
+    return TransformerBridge.boot_transformers(
+        f"tiny-{architecture}", hf_model=hf_model, tokenizer=tokenizer, device="cpu"
+    ).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer(str(tmp_path_factory.mktemp("tiny_tokenizer")))
@@ -82,6 +133,37 @@ def tiny_model(tiny_tokenizer) -> HookedTransformer:
     such as ``model.tokenizer.padding_side``.
     """
     return build_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bridge(tiny_tokenizer) -> TransformerBridge:
+    """A 3-layer random Gemma 3 text model through ``TransformerBridge`` (see
+    :func:`build_tiny_bridge`). Shared like ``tiny_model``: do not modify it."""
+    return build_tiny_bridge(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session", params=["hooked", "bridge"])
+def any_model(request, tiny_model, tiny_bridge):
+    """``tiny_model`` and ``tiny_bridge`` in turn: a test using it runs on both backends."""
+    return tiny_model if request.param == "hooked" else tiny_bridge
+
+
+@pytest.fixture(scope="session")
+def bridge_kv_cache(tiny_bridge) -> None:
+    """Skip a test that needs the bridge's KV cache where this stack does not fill it."""
+    from ssae_lens._core.backend import backend
+
+    tokens = torch.tensor([[tiny_bridge.tokenizer.bos_token_id, 5]])
+    try:
+        backend(tiny_bridge).prefill(tokens, torch.ones_like(tokens))
+    except RuntimeError as err:
+        pytest.skip(f"TransformerBridge KV cache unusable here: {err}")
+
+
+def require_kv_cache(request, model) -> None:
+    """Skip the running test if ``model`` is a bridge and this stack leaves its KV cache empty."""
+    if isinstance(model, TransformerBridge):
+        request.getfixturevalue("bridge_kv_cache")
 
 
 @pytest.fixture(scope="session")

@@ -96,11 +96,14 @@ def run_counted(model, counter, **kwargs):
         return harvest_shifts(model, (SOURCES, TARGETS), progress=False, **kwargs)
 
 
-@pytest.fixture(params=["absolute", "rotary"])
-def model(request, tiny_model, tiny_tokenizer):
-    """The shared tiny model, and a Gemma-like variant (RMSNorm, rotary, grouped-query)."""
+@pytest.fixture(params=["absolute", "rotary", "bridge"])
+def model(request, tiny_model, tiny_bridge, tiny_tokenizer):
+    """The shared tiny model, a Gemma-like variant (RMSNorm, rotary, grouped-query), and a tiny
+    Gemma 3 through TransformerBridge."""
     if request.param == "absolute":
         return tiny_model
+    if request.param == "bridge":
+        return tiny_bridge
     return build_tiny_model(
         tiny_tokenizer,
         seed=1,
@@ -132,24 +135,24 @@ def test_shifts_match_one_run_with_cache_per_prompt(model, monkeypatch, padding_
         torch.testing.assert_close(shifts[hook], expected, atol=1e-5, rtol=0)
 
 
-def test_all_position_gives_per_token_shifts(tiny_model):
+def test_all_position_gives_per_token_shifts(any_model):
     sources = ["the king sat", "the king", "man"]
     targets = ["the queen sat", "the queen", "king"]
     lengths = [
-        (tiny_model.to_tokens(s).shape[1], tiny_model.to_tokens(t).shape[1])
+        (any_model.to_tokens(s).shape[1], any_model.to_tokens(t).shape[1])
         for s, t in zip(sources, targets, strict=True)
     ]
     assert all(a == b for a, b in lengths)
 
     store = PairedActivationStore(
-        tiny_model, (sources, targets), "blocks.1.hook_resid_mid", "all", progress=False
+        any_model, (sources, targets), "blocks.1.hook_resid_mid", "all", progress=False
     )
     shifts = store.harvest()["blocks.1.hook_resid_mid"]
 
     hook = "blocks.1.hook_resid_mid"
     expected = torch.cat(
         [
-            reference(tiny_model, t, hook, "all") - reference(tiny_model, s, hook, "all")
+            reference(any_model, t, hook, "all") - reference(any_model, s, hook, "all")
             for s, t in zip(sources, targets, strict=True)
         ]
     )
@@ -170,43 +173,43 @@ def test_include_bos_counts_bos_in_mean(tiny_model):
 
 
 @pytest.mark.parametrize("position", ["last", "mean"])
-def test_without_bos(tiny_model, position):
+def test_without_bos(any_model, position):
     texts = ["the king sat", "queen", "a red box"]
     acts = harvest_activations(
-        tiny_model, texts, "blocks.1.hook_resid_post", position, prepend_bos=False, progress=False
+        any_model, texts, "blocks.1.hook_resid_post", position, prepend_bos=False, progress=False
     )
     for row, text in zip(acts, texts, strict=True):
-        _, cache = tiny_model.run_with_cache(text, prepend_bos=False)
+        _, cache = any_model.run_with_cache(text, prepend_bos=False)
         act = cache["blocks.1.hook_resid_post"][0]
         expected = act[-1] if position == "last" else act.mean(0)  # no BOS: every token counts
         torch.testing.assert_close(row, expected, atol=1e-5, rtol=0)
 
 
-def test_single_texts_all_position_with_cache(tiny_model, tmp_path):
+def test_single_texts_all_position_with_cache(any_model, tmp_path):
     texts = ["the king sat", "queen", "a red box", "queen"]
     hook = "blocks.0.attn.hook_v"
     counter, reused = ForwardCounter(), ForwardCounter()
-    with counter.counting(tiny_model):
-        first = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
-    with reused.counting(tiny_model):
-        second = harvest_activations(tiny_model, texts, hook, "all", cache_dir=tmp_path)
-    expected = torch.cat([reference(tiny_model, text, hook, "all") for text in texts])
+    with counter.counting(any_model):
+        first = harvest_activations(any_model, texts, hook, "all", cache_dir=tmp_path)
+    with reused.counting(any_model):
+        second = harvest_activations(any_model, texts, hook, "all", cache_dir=tmp_path)
+    expected = torch.cat([reference(any_model, text, hook, "all") for text in texts])
     assert counter.calls == 1 and reused.calls == 0
     torch.testing.assert_close(first, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(second, first, atol=0, rtol=0)
 
 
-def test_return_both_and_single_texts_agree(tiny_model):
+def test_return_both_and_single_texts_agree(any_model):
     hook = "blocks.2.hook_resid_post"
     source, target = harvest_shifts(
-        tiny_model, (SOURCES, TARGETS), hook, return_both=True, progress=False
+        any_model, (SOURCES, TARGETS), hook, return_both=True, progress=False
     )
-    shifts = harvest_shifts(tiny_model, (SOURCES, TARGETS), hook, progress=False)
-    singles = harvest_activations(tiny_model, SOURCES, hook, batch_size=2, progress=False)
+    shifts = harvest_shifts(any_model, (SOURCES, TARGETS), hook, progress=False)
+    singles = harvest_activations(any_model, SOURCES, hook, batch_size=2, progress=False)
 
     torch.testing.assert_close(source, singles, atol=1e-5, rtol=0)
     torch.testing.assert_close(target - source, shifts, atol=1e-6, rtol=0)
-    expected_last = torch.stack([reference(tiny_model, t, hook, "last") for t in TARGETS])
+    expected_last = torch.stack([reference(any_model, t, hook, "last") for t in TARGETS])
     torch.testing.assert_close(target, expected_last, atol=1e-5, rtol=0)
 
 
@@ -219,31 +222,34 @@ def test_concept_pairs_input(tiny_model):
     torch.testing.assert_close(from_object, from_tuple, atol=0, rtol=0)
 
 
-def test_stop_at_layer_skips_deeper_layers(tiny_model):
+def test_stop_at_layer_skips_deeper_layers(any_model):
     fired: list[str] = []
-
-    def record(act, hook):
-        fired.append(hook.name)
-
     watched = [f"blocks.{i}.hook_resid_post" for i in range(3)] + ["ln_final.hook_normalized"]
     store = PairedActivationStore(
-        tiny_model,
+        any_model,
         (SOURCES, TARGETS),
         ["blocks.1.attn.hook_z", "blocks.0.hook_resid_mid"],
         batch_size=64,
         progress=False,
     )
     assert store.stop_at_layer == 2
-    with tiny_model.hooks(fwd_hooks=[(name, record) for name in watched]):
+    record = [(name, lambda act, hook, name=name: fired.append(name)) for name in watched]
+    with any_model.hooks(fwd_hooks=record):
         store.harvest()
     assert fired == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
 
     full = PairedActivationStore(
-        tiny_model, (SOURCES, TARGETS), "ln_final.hook_normalized", progress=False
+        any_model, (SOURCES, TARGETS), "ln_final.hook_normalized", progress=False
     )
     assert full.stop_at_layer is None
-    embed = PairedActivationStore(tiny_model, (SOURCES, TARGETS), "hook_embed", progress=False)
+    embed = PairedActivationStore(any_model, (SOURCES, TARGETS), "hook_embed", progress=False)
     assert embed.stop_at_layer == 0
+    expected = [
+        reference(any_model, t, "hook_embed", "last")
+        - reference(any_model, s, "hook_embed", "last")
+        for s, t in zip(SOURCES, TARGETS, strict=True)
+    ]
+    torch.testing.assert_close(embed.harvest()["hook_embed"], torch.stack(expected))
 
 
 def test_dtype_and_device_options(tiny_model):
@@ -302,11 +308,11 @@ def test_bad_position_and_hook_shape(tiny_model):
 # --- disk cache ------------------------------------------------------------------------------
 
 
-def test_cache_is_written_and_reused(tiny_model, tmp_path):
+def test_cache_is_written_and_reused(any_model, tmp_path):
     options = dict(hook_name="blocks.1.hook_resid_post", batch_size=2, cache_dir=tmp_path)
     first_count, second_count = ForwardCounter(), ForwardCounter()
-    first = run_counted(tiny_model, first_count, **options)
-    second = run_counted(tiny_model, second_count, **options)
+    first = run_counted(any_model, first_count, **options)
+    second = run_counted(any_model, second_count, **options)
 
     assert first_count.calls == 7  # 13 distinct texts in batches of 2
     assert second_count.calls == 0
@@ -383,19 +389,19 @@ def fresh_shifts(model):
     return harvest_shifts(model, (SOURCES, TARGETS), CACHED["hook_name"], progress=False)
 
 
-def test_cache_is_refused_under_steering(tiny_model, tmp_path):
-    cached_shifts(tiny_model, tmp_path)
+def test_cache_is_refused_under_steering(any_model, tmp_path):
+    cached_shifts(any_model, tmp_path)
     vector = SteeringVector(torch.ones(32), "blocks.0.hook_resid_post")
-    with steer(tiny_model, vector, scale=50.0):
+    with steer(any_model, vector, scale=50.0):
         with pytest.raises(RuntimeError, match=r"hooks are active.*cache_dir=None"):
-            cached_shifts(tiny_model, tmp_path)
-        steered = fresh_shifts(tiny_model)  # without a cache it runs, under the steering
-    assert not torch.allclose(steered, fresh_shifts(tiny_model))  # what a cache hit would hide
+            cached_shifts(any_model, tmp_path)
+        steered = fresh_shifts(any_model)  # without a cache it runs, under the steering
+    assert not torch.allclose(steered, fresh_shifts(any_model))  # what a cache hit would hide
     with (
-        tiny_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: None)]),
-        pytest.raises(RuntimeError, match=r"hook_embed \(1\)"),
+        any_model.hooks(fwd_hooks=[("hook_embed", lambda act, hook: None)]),
+        pytest.raises(RuntimeError, match=rf"{any_model.hook_dict['hook_embed'].name} \(1\)"),
     ):
-        cached_shifts(tiny_model, tmp_path)
+        cached_shifts(any_model, tmp_path)
 
 
 def test_weight_edit_after_harvest_is_not_served_from_cache(tiny_tokenizer, tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import require_kv_cache
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from typer.testing import CliRunner
 
@@ -130,6 +131,29 @@ def test_steer_prints_unsteered_and_steered_generations(run, tiny_model):
         assert row["steered"] != row["unsteered"]
         assert row["prompt"] in result.output
     assert saved["scale"] == 30.0
+
+
+def test_steer_loads_the_backend_the_config_names(run, tiny_bridge, monkeypatch, request):
+    require_kv_cache(request, tiny_bridge)
+    asked = []
+
+    def load_model(name, **kw):
+        asked.append(kw.get("backend"))
+        return tiny_bridge
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    args = ["--set", "backend=bridge", "--set", "steer.latent=1", "--set", "steer.scale=30"]
+    result = _invoke("steer", run["config"], *args)
+    assert result.exit_code == 0, result.output
+    assert asked == ["bridge"]
+    saved = json.loads((run["root"] / "runs" / "steer" / "generations.json").read_text())
+    vec = SteeringVector.from_ssae(SAE.load_from_disk(run["root"] / "runs" / "train" / "seed0"), 1)
+    options = dict(max_new_tokens=3, do_sample=False, verbose=False, return_type="tokens")
+    for row in saved["rows"]:  # the bridge's own generate, one prompt at a time
+        with steer(tiny_bridge, vec, scale=30.0):
+            steered = tiny_bridge.generate(row["prompt"], **options)[0, -3:]
+        text = tiny_bridge.tokenizer.decode(steered, skip_special_tokens=True)
+        assert row["steered"] == " ".join(text.split())
 
 
 def test_steer_scale_defaults_to_a_fraction_of_the_median_shift_norm(run):
@@ -319,6 +343,7 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"train": {"sparsity": "l1"}}, "train.d_sae is required"),
         ({"train": {"d_sae": 2, "lr": -1.0}}, "lr must be > 0"),
         ({"position": "frist"}, "position must be one of ['last', 'mean']"),
+        ({"backend": "transformers"}, "backend must be one of ['hooked', 'bridge']"),
         ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'synthetic.n_pairs'?"),
     ],
 )

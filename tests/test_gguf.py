@@ -142,6 +142,17 @@ def test_llama_cpp_reading_of_the_file_reproduces_steer_on_a_model(tiny_model, t
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_one_model_named_by_both_backends_is_one_model(tmp_path):
+    """A bridge names Gemma 'google/gemma-3-270m', a HookedTransformer 'gemma-3-270m'."""
+    vectors = [
+        _vector("blocks.1.hook_resid_post", 0, model_name="google/gemma-3-270m"),
+        _vector("blocks.2.hook_resid_post", 1, model_name="gemma-3-270m"),
+    ]
+    fields, tensors = _read(write_control_vector(vectors, tmp_path / "x.gguf", n_layers=3))
+    assert sorted(tensors) == ["direction.1", "direction.2"]
+    assert "google/gemma-3-270m" in str(fields["controlvector.model_hint"][1])
+
+
 @pytest.mark.parametrize(
     ("vectors", "kwargs", "error", "message"),
     [

@@ -14,13 +14,45 @@ from ssae_lens._core.cache import CacheWarning, cached_folder_settings
 from ssae_lens.models import cache_root, load_model
 
 
-def test_existing_model_passes_through(tiny_model):
+def test_existing_model_passes_through(tiny_model, tiny_bridge):
     assert load_model(tiny_model) is tiny_model
+    assert load_model(tiny_bridge, backend="bridge") is tiny_bridge
 
 
 def test_non_model_is_rejected():
-    with pytest.raises(TypeError, match="model name or a HookedTransformer"):
+    with pytest.raises(TypeError, match="model name, a HookedTransformer or a TransformerBridge"):
         load_model(3)
+    with pytest.raises(ValueError, match=r"backend must be one of \['hooked', 'bridge'\]"):
+        load_model("gpt2", backend="transformers")
+
+
+def test_a_hugging_face_folder_loads_through_the_bridge(tiny_tokenizer, tmp_path):
+    """Any Hugging Face causal LM saved to a folder: the bridge runs its own weights."""
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    config = transformers.GPT2Config(
+        vocab_size=len(tiny_tokenizer), n_positions=48, n_embd=32, n_layer=2, n_head=4,
+        bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )  # fmt: skip
+    hf_model = transformers.GPT2LMHeadModel(config).eval()
+    hf_model.save_pretrained(tmp_path / "tiny-gpt2")
+    tiny_tokenizer.save_pretrained(tmp_path / "tiny-gpt2")
+
+    model = load_model(str(tmp_path / "tiny-gpt2"), backend="bridge")
+    assert isinstance(model, TransformerBridge) and not model.training
+    tokens = model.to_tokens("The cat sat on the mat")
+    with torch.no_grad():
+        expected = hf_model(tokens).logits
+        torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_unreachable_name_says_what_to_pass_instead(tmp_path):
+    with pytest.raises(OSError, match="not a local folder.*HF_HUB_OFFLINE=1.*gemma-3-270m"):
+        load_model("nobody-here/no-such-model", backend="bridge")
+    with pytest.raises(OSError, match="not a local folder"):
+        load_model(str(tmp_path / "missing"), backend="bridge")
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
@@ -191,3 +223,22 @@ def test_gemma_loads_offline_and_matches_hugging_face(gemma):
         (cache["blocks.6.hook_resid_post"] - hf_resid).norm(dim=-1, keepdim=True) < 1e-5 * scale
     ).all()
     assert tl_text == hf_text
+
+
+@pytest.mark.slow
+def test_gemma_through_the_bridge_matches_the_hooked_backend(gemma):
+    """The embedded checkpoint through TransformerBridge: raw Hugging Face numerics, which the
+    unprocessed HookedTransformer reproduces to float rounding."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = load_model("gemma-3-270m", backend="bridge")
+    assert isinstance(bridge, TransformerBridge)
+    ids = gemma.to_tokens(["The capital of France is", "I love this movie"])
+    assert torch.equal(bridge.to_tokens(["The capital of France is", "I love this movie"]), ids)
+    hook = "blocks.6.hook_resid_post"
+    real = ids != gemma.tokenizer.pad_token_id
+    with torch.no_grad():  # (a bridge does not infer the padding mask: give it to both)
+        _, hooked = gemma.run_with_cache(ids, attention_mask=real.long(), names_filter=hook)
+        _, bridged = bridge.run_with_cache(ids, attention_mask=real.long(), names_filter=hook)
+    diff = (bridged[hook] - hooked[hook]).norm(dim=-1)[real]
+    assert (diff < 1e-4 * hooked[hook].norm(dim=-1)[real]).all()

@@ -4,9 +4,10 @@ Python block is extracted from README.md and run, on the tiny model instead of G
 What is substituted, and why (each ``old`` must still occur in the README, so this list stays
 true when the README changes):
 
-- ``load_model(...)`` (any name) returns the tiny 3-layer model: Gemma-3-270M takes minutes on
-  a CPU. Its hook points are ``blocks.0-2``, its width 32, so the README's ``blocks.12`` /
-  ``blocks.8`` hooks, ``d_in=640`` and ``n_layers=18`` are replaced (``PYTHON_SUBSTITUTIONS``).
+- ``load_model(...)`` (any name) returns the tiny 3-layer model (with ``backend="bridge"``, the
+  tiny Gemma 3 through TransformerBridge): Gemma-3-270M takes minutes on a CPU. Their hook
+  points are ``blocks.0-2``, their width 32, so the README's ``blocks.12`` / ``blocks.8`` /
+  ``blocks.6`` hooks, ``d_in=640`` and ``n_layers=18`` are replaced (``PYTHON_SUBSTITUTIONS``).
 - The SSAE in the Python example trains 200 steps, not 3000.
 - The configs the commands name (``configs/binary.yaml``, ``configs/demo.yaml``) are the
   repository's own files with ``CONFIG_OVERRIDES`` applied (the tiny model's name and hook,
@@ -43,6 +44,7 @@ HOOK = "blocks.1.hook_resid_post"
 PYTHON_SUBSTITUTIONS = [
     ('"blocks.12.hook_resid_post"', f'"{HOOK}"'),
     ('"blocks.8.hook_resid_post"', f'"{HOOK}"'),
+    ('"blocks.6.hook_resid_post"', f'"{HOOK}"'),
     ("d_in=640", "d_in=32"),
     ("d_sae=2), seed=0", "d_sae=2, training_steps=200), seed=0"),
     ("n_layers=18", "n_layers=3"),
@@ -74,13 +76,17 @@ def test_the_substitutions_still_match_the_readme():
 
 
 @pytest.fixture
-def workspace(tmp_path, tiny_model, fake_hub, monkeypatch):
-    """A working directory with the files the README assumes, the tiny model behind
+def workspace(tmp_path, tiny_model, tiny_bridge, fake_hub, monkeypatch):
+    """A working directory with the files the README assumes, the tiny models behind
     ``load_model``, and the stand-in Hub as the default endpoint."""
     endpoint, _ = fake_hub
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SSAE_LENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "load_model", lambda name, **kw: tiny_model)
+    monkeypatch.setattr(
+        models,
+        "load_model",
+        lambda name, backend="hooked", **kw: tiny_bridge if backend == "bridge" else tiny_model,
+    )
     monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(
         hf_constants,
@@ -115,6 +121,8 @@ def test_the_python_blocks_run(workspace, capsys):
     assert Path("french.gguf").stat().st_size > 0
     assert len(namespace["pairs"]) == 4 and namespace["shifts"].shape == (4, 32)
     assert capsys.readouterr().out.startswith("The")  # the steered generation was printed
+    assert type(namespace["bridge"]).__name__ == "TransformerBridge"  # "Your own model"
+    assert namespace["binary_shifts"].shape == (285, 32)
 
 
 def test_the_command_lines_run(workspace, tiny_model, monkeypatch):

@@ -1,4 +1,5 @@
-"""generate_tokens: the lean KV-cache loop used for SAE-TS effects matches model.generate."""
+"""generate_tokens: the lean KV-cache loop used for SAE-TS effects matches model.generate, on
+both backends (HookedTransformer and TransformerBridge)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ HOOK = "blocks.1.hook_resid_post"
 PROMPTS = ["The cat sat", "She walked to the market and", "hey", "le roi, la reine"]
 
 
-@pytest.fixture(scope="module", params=["standard", "rotary"])
+@pytest.fixture(scope="module", params=["standard", "rotary", "bridge"])
 def model(request, tiny_tokenizer):
     if request.param == "standard":
         return build_tiny_model(tiny_tokenizer)
+    if request.param == "bridge":  # a tiny Gemma 3 through TransformerBridge
+        request.getfixturevalue("bridge_kv_cache")
+        return request.getfixturevalue("tiny_bridge")
     return build_tiny_model(
         tiny_tokenizer, positional_embedding_type="rotary", rotary_dim=8, normalization_type="RMS"
     )
@@ -97,13 +101,22 @@ def test_sampling_leaves_the_global_rng_alone(model):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_captured_activations_equal_a_full_steered_pass(model):
+@pytest.mark.parametrize("hook", [HOOK, "blocks.2.hook_resid_post"])  # the last block too
+def test_captured_activations_equal_a_full_steered_pass(model, hook):
     with steering(model, True):
-        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=HOOK)
+        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=hook)
         mask = (torch.cumsum(tokens != model.tokenizer.pad_token_id, 1) > 0).long()
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
+        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook)
     assert acts.shape == (len(PROMPTS), 6, 32)
-    torch.testing.assert_close(acts, cache[HOOK][:, -6:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(acts, cache[hook][:, -6:], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_and_new_tokens_must_fit_the_context(model):
+    n_prompt = len(model.to_tokens(PROMPTS[1])[0])
+    tokens, _ = generate_tokens(model, PROMPTS[1:2], 48 - n_prompt, do_sample=False)
+    assert tokens.shape == (1, 48)  # exactly the 48-token context of the tiny models
+    with pytest.raises(ValueError, match="exceeds the model's context of 48"):
+        generate_tokens(model, PROMPTS[1:2], 49 - n_prompt, do_sample=False)
 
 
 def filtered_softmax(logits, temperature=1.0, top_k=None, top_p=None):

@@ -13,9 +13,12 @@ import warnings
 
 import pytest
 import torch
+from conftest import require_kv_cache
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
+from transformer_lens.model_bridge import TransformerBridge
 
+from ssae_lens._core.finite import all_finite
 from ssae_lens.ssae import SSAE, SSAEConfig
 from ssae_lens.steering import (
     Steering,
@@ -40,9 +43,9 @@ def unit(d: int, seed: int) -> torch.Tensor:
     return v / v.norm()
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model):
-    return tiny_model
+@pytest.fixture(scope="module", params=["hooked", "bridge"])
+def model(request, tiny_model, tiny_bridge):
+    return tiny_model if request.param == "hooked" else tiny_bridge
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +54,10 @@ def vector(model) -> SteeringVector:
 
 
 def assert_clean(model) -> None:
-    """No steering hook, block pre-hook, logits check or generate wrapper is left."""
+    """No steering hook, forward observer, logits check or generate wrapper is left."""
     assert all(not hp.fwd_hooks and not hp._forward_hooks for hp in model.hook_dict.values())
     assert all(not block._forward_pre_hooks for block in model.blocks)
+    assert not getattr(model, "original_model", model)._forward_pre_hooks
     assert not model.unembed._forward_hooks
     assert "generate" not in model.__dict__
 
@@ -111,7 +115,8 @@ POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "indice
 
 # ---------------------------------------------------------------------------- generation
 @pytest.mark.parametrize("selector", list(SELECTORS))
-def test_generate_matches_teacher_forcing_with_and_without_cache(model, vector, selector):
+def test_generate_matches_teacher_forcing_with_and_without_cache(request, model, vector, selector):
+    require_kv_cache(request, model)
     width, pads = prompt_layout(model, PROMPTS)
     n_real = (width - pads).tolist()
     runs = {}
@@ -139,8 +144,9 @@ def test_generate_matches_teacher_forcing_with_and_without_cache(model, vector, 
     assert not torch.equal(runs[True].sequences, unsteered.sequences), "steering had no effect"
 
 
-def test_generated_positions_leave_the_prompt_unsteered(model, vector):
+def test_generated_positions_leave_the_prompt_unsteered(request, model, vector):
     """The first generated token comes from the unsteered prompt; later ones are steered."""
+    require_kv_cache(request, model)
     unsteered = generate(model, PROMPTS, cache=True)
     with steer(model, vector, scale=SCALE, positions="generated"):
         steered = generate(model, PROMPTS, cache=True)
@@ -148,17 +154,27 @@ def test_generated_positions_leave_the_prompt_unsteered(model, vector):
     assert not torch.allclose(steered.logits[1], unsteered.logits[1])
 
 
-def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(model, vector):
+def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(request, model, vector):
     """run_with_cache on an empty KV cache is the prompt; later calls are generated tokens."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+    require_kv_cache(request, model)
+    if isinstance(model, TransformerBridge):  # a Hugging Face cache, no attention mask
+        from transformers import DynamicCache
+
+        kv = {
+            "past_key_values": DynamicCache(config=model.original_model.config),
+            "use_cache": True,
+        }
+    else:
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        kv = {"past_kv_cache": TransformerLensKeyValueCache.init_cache(model.cfg, "cpu", 1)}
 
     tokens = model.to_tokens(PROMPTS[0])
     _, plain = model.run_with_cache(tokens)
     next_token = plain["blocks.2.hook_resid_post"][:, -1:].new_tensor([[5]]).long()
-    kv = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
     with steer(model, vector, scale=SCALE, positions="generated"):
-        _, prefill = model.run_with_cache(tokens, past_kv_cache=kv)
-        decode_logits = model(next_token, past_kv_cache=kv)
+        _, prefill = model.run_with_cache(tokens, **kv)
+        decode_logits = model(next_token, **kv)
     for name in plain:
         torch.testing.assert_close(prefill[name], plain[name], atol=1e-5, rtol=1e-5)
 
@@ -171,10 +187,10 @@ def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(model, 
 
 
 # ---------------------------------------------------------------------------- forward passes
-def steered_minus_plain(model, tokens, **steer_kwargs):
-    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+def steered_minus_plain(model, tokens, mask=None, **steer_kwargs):
+    _, plain = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
     with steer(model, **steer_kwargs):
-        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+        _, steered = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
     return steered[HOOK] - plain[HOOK]
 
 
@@ -182,8 +198,10 @@ def test_indices_count_real_tokens_of_each_left_padded_row(model, vector, monkey
     monkeypatch.setattr(model.tokenizer, "padding_side", "left")
     tokens = model.to_tokens(PROMPTS)
     width, pads = prompt_layout(model, PROMPTS)
+    # (a HookedTransformer infers this mask from the left padding; a bridge needs it given)
+    mask = (torch.arange(width)[None] >= pads[:, None]).long()
     diff = steered_minus_plain(
-        model, tokens, vector_or_vectors=vector, scale=2.0, positions=[0, 2, -1]
+        model, tokens, mask, vector_or_vectors=vector, scale=2.0, positions=[0, 2, -1]
     )
     for b in range(len(PROMPTS)):
         pad = int(pads[b])
@@ -263,7 +281,8 @@ def test_several_vectors_each_with_its_own_settings(model):
 
 
 # ---------------------------------------------------------------------------- per-row steering
-def test_steer_rows_equals_each_row_alone(model):
+def test_steer_rows_equals_each_row_alone(request, model):
+    require_kv_cache(request, model)
     directions = torch.stack([unit(32, 4), unit(32, 5)])
     scales = [SCALE, -SCALE]
     with steer_rows(model, directions, HOOK, scales=scales, positions="all"):
@@ -322,6 +341,28 @@ def test_nan_producing_scale_is_reported_not_generated(model, vector):
     assert_clean(model)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_finite_agrees_with_the_elementwise_check(dtype):
+    """The non-finite checks of steering and generation: the fast sum path must neither miss
+    a NaN or inf nor flag finite values whose sum overflows."""
+    big = torch.finfo(dtype).max
+    cases = [
+        torch.randn(4, 7),
+        torch.empty(0),
+        torch.full((3,), big),  # finite, but the sum overflows
+        torch.tensor([big, -big, 1.0]),
+    ]
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 13, 27):
+            x = torch.randn(4, 7)
+            x.view(-1)[where] = bad
+            cases.append(x)
+    cases.append(torch.tensor([float("inf"), -float("inf")]))  # sums to NaN
+    for x in cases:
+        x = x.to(dtype)
+        assert all_finite(x) == bool(torch.isfinite(x).all()), x
+
+
 # ---------------------------------------------------------------------------- bad input
 def test_bad_input_errors_name_the_fix(model, vector):
     with pytest.raises(ValueError, match="width 31 .* has width 32"):
@@ -338,8 +379,8 @@ def test_bad_input_errors_name_the_fix(model, vector):
         apply_steering(model, torch.ones(32))
     # widths not known from the config are checked when the activation arrives
     with (
-        steer(model, SteeringVector(torch.ones(16), "blocks.0.attn.hook_k")),
-        pytest.raises(ValueError, match="width 16 but activations"),
+        steer(model, SteeringVector(torch.ones(15), "blocks.0.attn.hook_k")),
+        pytest.raises(ValueError, match="width 15 but activations"),
     ):
         model(model.to_tokens(PROMPTS[0]))
     assert_clean(model)
@@ -377,6 +418,24 @@ def test_save_load_round_trip_and_model_checks(model, tmp_path):
     SteeringVector(torch.ones(48), HOOK).save(tmp_path / "wide")
     with pytest.raises(ValueError, match="width 48"):
         SteeringVector.load(tmp_path / "wide", model=model)
+
+
+def test_model_names_match_across_backends(model):
+    """A bridge names a Hub model by its full id (google/gemma-3-270m), a HookedTransformer by
+    its last part (gemma-3-270m): the same model, so no warning and arithmetic works."""
+    name = model.cfg.model_name.rsplit("/", 1)[-1]
+    for made_for in (f"google/{name}", name.upper(), name):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            SteeringVector(unit(32, 1), HOOK, model_name=made_for).check_compatible(model)
+    for other in ("google/gemma-2-2b", f"{name}-it"):
+        with pytest.warns(SteeringCompatibilityWarning, match=other):
+            SteeringVector(unit(32, 1), HOOK, model_name=other).check_compatible(model)
+    a = SteeringVector(unit(32, 1), HOOK, model_name="google/gemma-3-270m")
+    b = SteeringVector(unit(32, 2), HOOK, model_name="gemma-3-270m")
+    assert (a + b).model_name == "google/gemma-3-270m"
+    with pytest.raises(ValueError, match="different models"):
+        a + SteeringVector(unit(32, 2), HOOK, model_name="gpt2")
 
 
 def test_arithmetic():

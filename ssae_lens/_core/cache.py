@@ -168,9 +168,12 @@ def dictionary_fingerprint(sae: nn.Module) -> str:
 
 
 def _active_hooks(module: nn.Module) -> list[str]:
+    from ssae_lens._core.backend import machinery_hook  # lazy: TransformerLens
+
     found = []
     for name, sub in module.named_modules():
-        n = len(sub._forward_hooks) + len(sub._forward_pre_hooks)
+        hooks = [*sub._forward_hooks.values(), *sub._forward_pre_hooks.values()]
+        n = sum(not machinery_hook(hook) for hook in hooks)
         if n:
             found.append(f"{name or type(module).__name__} ({n})")
     nn_module = torch.nn.modules.module
@@ -183,7 +186,9 @@ def refuse_active_hooks(*modules: nn.Module, what: str) -> None:
     """Raise when any of ``modules`` runs with forward hooks (steering, ablation, patching).
 
     The cache keys describe the weights, not the hooks, so values computed under hooks would
-    be stored, and later returned, as if they came from the plain model.
+    be stored, and later returned, as if they came from the plain model. Hooks that a
+    ``TransformerBridge`` and transformers install on the model themselves (to capture
+    activations) do not count.
     """
     found = [hook for module in modules for hook in _active_hooks(module)]
     if found:

@@ -1,7 +1,10 @@
 """Hook names, the vocabulary shared with TransformerLens: validation, widths, depth.
 
 Every module that takes a hook name checks it here, so an unknown name always gets the same
-message (the name, the closest valid names, where to find them all).
+message (the name, the closest valid names, where to find them all). ``HookedTransformer`` and
+``TransformerBridge`` share the hook names (the bridge keeps the ``HookedTransformer`` names as
+aliases); where a name means something else on one backend, :func:`check_steerable_hook` asks
+the backend adapter (:mod:`ssae_lens._core.backend`).
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ def _hook_dict(model: Any) -> dict[str, Any]:
     hook_dict = getattr(model, "hook_dict", None)
     if hook_dict is None:
         raise TypeError(
-            f"Expected a TransformerLens model with hook points (HookedTransformer), got "
-            f"{type(model).__name__}; load one with ssae_lens.models.load_model."
+            f"Expected a TransformerLens model with hook points (HookedTransformer or "
+            f"TransformerBridge), got {type(model).__name__}; load one with "
+            "ssae_lens.models.load_model."
         )
     return hook_dict
 
@@ -76,6 +80,8 @@ def check_hook_names(model: Any, hook_names: str | Sequence[str]) -> list[str]:
 
 def check_steerable_hook(model: Any, hook_name: str) -> str:
     """``hook_name``, checked to be a hook point steering can edit on every forward pass."""
+    from ssae_lens._core.backend import backend  # lazy: this module stays import-light
+
     check_hook_names(model, hook_name)
     if not hook_name.startswith(("blocks.", "ln_final.")):
         raise ValueError(
@@ -88,6 +94,7 @@ def check_steerable_hook(model: Any, hook_name: str) -> str:
             f"Cannot steer at {hook_name!r}: its activations are [batch, head, query, key], "
             "not [batch, pos, ...]. Steer at 'attn.hook_z' or a residual hook point."
         )
+    backend(model).check_steerable(hook_name)
     return hook_name
 
 

@@ -10,8 +10,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.tokens import pad_token_rows
 from ssae_lens.sae_ts._checks import check_directions
 from ssae_lens.steering import steer_rows
@@ -20,7 +20,7 @@ __all__ = ["calibrate_scales", "interpolate_scales"]
 
 
 def calibrate_scales(
-    model: HookedTransformer,
+    model: Model,
     directions: Float[Tensor, "n d"],
     hook_name: str,
     *,
@@ -103,7 +103,7 @@ def interpolate_scales(
 
 @torch.no_grad()
 def _steered_losses(
-    model: HookedTransformer,
+    model: Model,
     directions: Tensor,
     hook_name: str,
     tokens: Tensor,
@@ -130,7 +130,7 @@ def _steered_losses(
     return (nll_sum / n_tokens).float().reshape(n, k)
 
 
-def _right_padded(model: HookedTransformer, texts: list[str]) -> tuple[Tensor, Tensor]:
+def _right_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:
     rows = [model.to_tokens(text)[0] for text in texts]
     tokens, mask = pad_token_rows(
         rows, side="right", pad_id=model.tokenizer.pad_token_id, device=rows[0].device
@@ -139,9 +139,7 @@ def _right_padded(model: HookedTransformer, texts: list[str]) -> tuple[Tensor, T
 
 
 @torch.no_grad()
-def _default_scale_sweep(
-    model: HookedTransformer, hook_name: str, tokens: Tensor, mask: Tensor
-) -> Tensor:
+def _default_scale_sweep(model: Model, hook_name: str, tokens: Tensor, mask: Tensor) -> Tensor:
     _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook_name)
     acts = cache[hook_name].reshape(*tokens.shape, -1)
     norm = float(acts.norm(dim=-1)[mask.bool()].mean())

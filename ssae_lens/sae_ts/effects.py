@@ -20,9 +20,9 @@ from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_attention_mask
 
+from ssae_lens._core.backend import Model, backend
 from ssae_lens._core.cache import (
     ChunkStore,
     dictionary_fingerprint,
@@ -42,7 +42,7 @@ _CACHE_FORMAT = 2  # 2: full model and SAE hashes, prompt token ids, checksummed
 
 
 def measure_effects(
-    model: HookedTransformer,
+    model: Model,
     sae: SAE,
     directions: Float[Tensor, "n d"],
     scales: float | Sequence[float] | Float[Tensor, " n"],
@@ -88,7 +88,7 @@ def measure_effects(
     model or the SAE (e.g. inside ``steer(...)``) raises.
 
     Args:
-        model: a ``HookedTransformer``.
+        model: a ``HookedTransformer`` or ``TransformerBridge``.
         sae: a SAELens ``SAE`` reading the hook point (``sae.cfg.metadata.hook_name``).
         directions: the steering directions, one per row.
         scales: one scale for all directions or one per direction.
@@ -192,7 +192,7 @@ def measure_effects(
 class _Rollouts:
     """Generates steered rollouts and averages SAE features over their generated tokens."""
 
-    model: HookedTransformer
+    model: Model
     sae: SAE
     hook_name: str
     prompts: list[str]
@@ -240,17 +240,15 @@ class _Rollouts:
 
     def _readout(self, tokens: Tensor) -> Tensor:
         """Activations at the hook of the generated tokens, read by an unsteered pass."""
-        prepend_bos = self.model.cfg.default_prepend_bos
-        mask = get_attention_mask(self.model.tokenizer, tokens, prepend_bos, padding_side="left")
+        lm = backend(self.model)
+        mask = get_attention_mask(
+            self.model.tokenizer, tokens, lm.default_prepend_bos, padding_side="left"
+        )
         captured: list[Tensor] = []
         layer = hook_layer(self.hook_name)
-        self.model.run_with_hooks(
-            tokens,
-            attention_mask=mask,
-            return_type=None,
-            stop_at_layer=None if layer is None else layer + 1,
-            fwd_hooks=[(self.hook_name, lambda act, hook: captured.append(act.detach()))],
-        )
+        grab = [(self.hook_name, lambda act, hook: captured.append(act.detach()))]
+        with self.model.hooks(fwd_hooks=grab):
+            lm.run_to_layer(tokens, mask, None if layer is None else layer + 1)
         return captured[0][:, -self.max_new_tokens :]
 
     def _encode(self, acts: Tensor) -> Float[Tensor, "batch d_sae"]:
@@ -278,13 +276,13 @@ def side_effect_ratio(effect: Float[Tensor, " d_sae"], targets: Target) -> float
     return side / change if change > 0 else math.inf
 
 
-def _effect_hook(model: HookedTransformer, sae: SAE, hook_name: str | None) -> str:
+def _effect_hook(model: Model, sae: SAE, hook_name: str | None) -> str:
     hook = dictionary_hook_name(sae, hook_name)
     check_hook_names(model, hook)
     return hook
 
 
-def _prompt_tokens_digest(model: HookedTransformer, prompts: list[str]) -> str:
+def _prompt_tokens_digest(model: Model, prompts: list[str]) -> str:
     """The sha256 of the token ids the rollouts start from (the tokenizer is not in the
     model's fingerprint)."""
     digest = hashlib.sha256()

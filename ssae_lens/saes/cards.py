@@ -28,8 +28,8 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model, backend
 from ssae_lens._core.hooks import dictionary_hook_name
 from ssae_lens._core.io import save_figure
 from ssae_lens.activations import harvest_activations
@@ -169,7 +169,7 @@ class FeatureCard:
 
 @torch.no_grad()
 def feature_cards(
-    model: HookedTransformer,
+    model: Model,
     sae: SAE,
     features: Sequence[int],
     texts: Sequence[str],
@@ -256,10 +256,11 @@ def feature_cards(
     return cards
 
 
-def _text_tokens(model: HookedTransformer, text: str) -> list[int]:
+def _text_tokens(model: Model, text: str) -> list[int]:
     """The text's token ids as ``harvest_activations(position="all")`` rows them (no BOS)."""
-    ids = model.to_tokens(text, move_to_device=False, truncate=False)[0].tolist()
-    has_bos = model.cfg.default_prepend_bos and model.tokenizer.bos_token_id is not None
+    lm = backend(model)
+    ids = lm.token_ids(text)
+    has_bos = lm.default_prepend_bos and model.tokenizer.bos_token_id is not None
     return ids[1:] if has_bos else ids
 
 
@@ -275,9 +276,7 @@ def _encode(
     return torch.cat(out)
 
 
-def _direct_logits(
-    model: HookedTransformer, sae: SAE, features: list[int]
-) -> Float[Tensor, "k vocab"]:
+def _direct_logits(model: Model, sae: SAE, features: list[int]) -> Float[Tensor, "k vocab"]:
     rows = sae.W_dec.detach()[features]
     return (rows.to(model.W_U.device, model.W_U.dtype) @ model.W_U).float().cpu()
 
@@ -297,7 +296,7 @@ def _top_rows(values: Tensor, text_of_row: Tensor, n: int) -> list[int]:
 
 
 def _window(
-    model: HookedTransformer, ids: list[int], position: int, before: int, after: int
+    model: Model, ids: list[int], position: int, before: int, after: int
 ) -> tuple[list[str], int]:
     """The tokens around ``position`` as strings, and the index of ``position`` among them."""
     low, high = max(0, position - before), min(len(ids), position + after + 1)
@@ -314,7 +313,7 @@ def _histogram(values: Tensor, bins: int) -> tuple[list[int], list[float]]:
     return [int(c) for c in counts.tolist()], edges.tolist()
 
 
-def _named(model: HookedTransformer, ids: Tensor, values: Tensor) -> list[tuple[str, float]]:
+def _named(model: Model, ids: Tensor, values: Tensor) -> list[tuple[str, float]]:
     return [
         (model.tokenizer.decode([i]), float(v))
         for i, v in zip(ids.tolist(), values.tolist(), strict=True)

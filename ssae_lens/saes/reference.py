@@ -49,8 +49,8 @@ from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.cache import (
     is_cached,
     model_fingerprint,
@@ -93,7 +93,7 @@ _FORMAT_VERSION = 3  # 2: b_dec at the activation mean; 3: corpus sampled with s
 
 
 def reference_corpus(
-    model: HookedTransformer,
+    model: Model,
     *,
     n_generated: int = 128,
     generated_tokens: int = 64,
@@ -136,7 +136,7 @@ def reference_corpus(
 
 
 def train_reference_sae(
-    model_name: str | HookedTransformer = "gemma-3-270m",
+    model_name: str | Model = "gemma-3-270m",
     hook_name: str = "blocks.6.hook_resid_post",
     *,
     d_sae: int = 2048,
@@ -166,7 +166,7 @@ def train_reference_sae(
 
     Args:
         model_name: ``"gemma-3-270m"`` or any name :func:`ssae_lens.models.load_model` takes,
-            or a ``HookedTransformer``.
+            or a loaded model (``HookedTransformer`` or ``TransformerBridge``).
         hook_name: the hook point, e.g. ``"blocks.6.hook_resid_post"``.
         d_sae: dictionary width.
         architecture: ``"topk"`` (``k`` active features) or ``"standard"`` (ReLU with an L1
@@ -212,7 +212,9 @@ def train_reference_sae(
     )
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
-    folder = root / "saes" / f"{model.cfg.model_name}-{hook_name}-{architecture}-{d_sae}-{key}"
+    # A bridge's model name is a Hub id or a path ("google/gemma-3-270m"): keep its last part.
+    name = model.cfg.model_name.rsplit("/", 1)[-1]
+    folder = root / "saes" / f"{name}-{hook_name}-{architecture}-{d_sae}-{key}"
     if is_cached(folder, settings):
         return SAE.load_from_disk(folder, device=str(device))
 

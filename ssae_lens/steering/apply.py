@@ -1,4 +1,5 @@
-"""Apply steering vectors to a HookedTransformer, consistently in forward, cache and generate.
+"""Apply steering vectors to a TransformerLens model (``HookedTransformer`` or
+``TransformerBridge``), consistently in forward, cache and generate.
 
 ::
 
@@ -28,7 +29,8 @@ activations are edited on every forward pass, with or without the KV cache:
   padding included; columns past its end are not steered.
 
 Outside ``generate`` a forward pass on an empty (or no) KV cache is the prompt; later
-calls that extend a ``past_kv_cache`` are generated tokens. Inside ``model.generate`` the
+calls that extend a KV cache (``past_kv_cache``; on a bridge, Hugging Face's
+``past_key_values``) are generated tokens. Inside ``model.generate`` the
 prompt is its input, also with ``use_past_kv_cache=False``; for that case the context
 temporarily wraps ``model.generate``, so call it through the model, not through a bound
 method captured before entering.
@@ -53,8 +55,9 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model, backend
+from ssae_lens._core.finite import all_finite
 from ssae_lens._core.hooks import check_steerable_hook, hook_width
 from ssae_lens.steering.vector import SteeringVector
 
@@ -95,7 +98,7 @@ class Steering:
 class SteeringHandle:
     """Steering applied to a model by :func:`apply_steering`; ``remove()`` undoes it."""
 
-    def __init__(self, model: HookedTransformer, interventions: list[_Intervention]):
+    def __init__(self, model: Model, interventions: list[_Intervention]):
         self.model = model
         self.interventions = interventions
         self._tracker = _tracker_for(model)
@@ -138,7 +141,7 @@ class SteeringHandle:
 
 
 def apply_steering(
-    model: HookedTransformer,
+    model: Model,
     vector_or_vectors: SteeringVector | Steering | Sequence[SteeringVector | Steering],
     scale: float | Sequence[float] | Tensor | None = None,
     positions: PositionSelector = "all",
@@ -159,7 +162,7 @@ def apply_steering(
 
 @contextmanager
 def steer(
-    model: HookedTransformer,
+    model: Model,
     vector_or_vectors: SteeringVector | Steering | Sequence[SteeringVector | Steering],
     scale: float | Sequence[float] | Tensor | None = None,
     positions: PositionSelector = "all",
@@ -168,7 +171,10 @@ def steer(
     """Steer ``model`` inside a ``with`` block; hooks are removed on exit, also on errors.
 
     Args:
-        model: a TransformerLens ``HookedTransformer`` (or ``HookedSAETransformer``).
+        model: a TransformerLens ``HookedTransformer`` (or ``HookedSAETransformer``) or
+            ``TransformerBridge``. On a bridge, ``hook_resid_mid`` cannot be steered (there
+            it is only the MLP's input), and a forward pass over padded rows needs its
+            ``attention_mask`` (the bridge does not infer one from padding).
         vector_or_vectors: a :class:`SteeringVector`, a :class:`Steering` spec, or a list
             of them (each at its own hook point, applied in list order).
         scale: multiplier of the vector (the cap for ``"projection_cap"``); a sequence or
@@ -190,7 +196,7 @@ def steer(
 
 
 def steer_rows(
-    model: HookedTransformer,
+    model: Model,
     directions: Float[Tensor, "batch d"],
     hook_name: str,
     scales: float | Sequence[float] | Float[Tensor, " batch"] = 1.0,
@@ -213,7 +219,7 @@ def steer_rows(
 
 # ---------------------------------------------------------------------------- resolution
 def _resolve(
-    model: HookedTransformer,
+    model: Model,
     item: Any,
     *,
     scale: Any,
@@ -374,8 +380,8 @@ class _Intervention:
             else:
                 edited = flat - (along - s).clamp_min(0) * unit
         out = torch.where(selected[..., None], edited, flat)
-        if not bool(torch.isfinite(out).all()):
-            before = bool(torch.isfinite(flat).all())
+        if not all_finite(out):
+            before = all_finite(flat)
             raise FloatingPointError(
                 f"{self!r} produced NaN/inf activations"
                 + (
@@ -454,12 +460,12 @@ class _Step:
 class _Tracker:
     """Per-model bookkeeping shared by all active steering handles on that model.
 
-    Installs a forward pre-hook on every block (reads the KV-cache length and the
-    attention mask of each call), a check for non-finite logits, and a wrapper around
+    Installs a forward observer (the KV-cache length and the attention mask of each call,
+    see ``ssae_lens._core.backend``), a check for non-finite logits, and a wrapper around
     ``model.generate`` marking where a prompt ends without the KV cache.
     """
 
-    def __init__(self, model: HookedTransformer):
+    def __init__(self, model: Model):
         self.model = model
         self.users = 0
         self.step: _Step | None = None
@@ -490,8 +496,7 @@ class _Tracker:
 
     def _install(self) -> None:
         model = self.model
-        for block in model.blocks:
-            self._handles.append(block.register_forward_pre_hook(self._on_block, with_kwargs=True))
+        self._handles.extend(backend(model).observe_forward(self._on_forward))
         if hasattr(model, "unembed"):
             self._handles.append(model.unembed.register_forward_hook(self._check_logits))
         self._previous_generate = model.__dict__.get("generate")
@@ -537,18 +542,13 @@ class _Tracker:
             self._last_prompt_len = n
         return self._last_prompt_len if self._last_prompt_len is not None else offset
 
-    def _on_block(self, module: Any, args: tuple, kwargs: dict) -> None:
-        resid = args[0] if args else kwargs["resid_pre"]
-        entry = kwargs.get("past_kv_cache_entry")
-        offset = 0 if entry is None else entry.past_keys.shape[1]
-        mask = kwargs.get("attention_mask")
-        n = resid.shape[1]
+    def _on_forward(self, offset: int, n: int, mask: Tensor | None, device: torch.device) -> None:
         if self.step is not None and self.step.matches(offset, n, mask):
-            return
-        self.step = _Step(offset, n, mask, self._prompt_len(offset, n), resid.device)
+            return  # the same call, seen again by the next block
+        self.step = _Step(offset, n, mask, self._prompt_len(offset, n), device)
 
     def _check_logits(self, module: Any, args: tuple, output: Tensor) -> None:
-        if not bool(torch.isfinite(output).all()):
+        if not all_finite(output):
             active = [
                 h.user_hook
                 for hp in self.model.hook_dict.values()
@@ -564,7 +564,7 @@ class _Tracker:
 _TRACKERS: weakref.WeakKeyDictionary[Any, _Tracker] = weakref.WeakKeyDictionary()
 
 
-def _tracker_for(model: HookedTransformer) -> _Tracker:
+def _tracker_for(model: Model) -> _Tracker:
     tracker = _TRACKERS.get(model)
     if tracker is None:
         tracker = _TRACKERS[model] = _Tracker(model)

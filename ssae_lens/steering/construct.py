@@ -16,8 +16,8 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.hooks import check_steerable_hook
 from ssae_lens.activations import harvest_activations
 from ssae_lens.steering.vector import SteeringVector
@@ -26,7 +26,7 @@ ShiftsOrPairs = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor,
 
 
 def caa_vector(
-    model: HookedTransformer,
+    model: Model,
     positive_prompts: Sequence[str],
     negative_prompts: Sequence[str],
     hook_name: str,

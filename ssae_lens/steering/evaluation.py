@@ -41,8 +41,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.io import save_figure
 from ssae_lens.generation import generate_texts
 from ssae_lens.steering.apply import POSITION_NAMES, steer
@@ -331,7 +331,7 @@ class SteeringEvaluation:
 
 
 def evaluate_steering(
-    model: HookedTransformer,
+    model: Model,
     vector: Intervention,
     *,
     prompts: Sequence[str],
@@ -415,7 +415,7 @@ def evaluate_steering(
 
 
 def evaluate_methods(
-    model: HookedTransformer,
+    model: Model,
     methods: Mapping[str, Intervention],
     *,
     scales: Sequence[float] | Mapping[str, Sequence[float]],
@@ -461,7 +461,7 @@ class _Sweep:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         prompts: Sequence[str],
         behavior_scorer: Scorer,
         coherence_scorer: Scorer | None,

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from ssae_lens._core.io import atomic_path
-from ssae_lens.steering.vector import SteeringVector
+from ssae_lens.steering.vector import SteeringVector, model_key
 
 __all__ = ["control_vector_layer", "write_control_vector"]
 
@@ -128,9 +128,12 @@ def write_control_vector(
             f"All vectors of a control-vector file must have one width (llama.cpp's n_embd), "
             f"got widths {sorted(widths)}."
         )
-    models = {v.model_name for v in vectors if v.model_name}
+    models: dict[str, str] = {}  # one name per model, as the first vector spells it
+    for v in vectors:
+        if v.model_name:
+            models.setdefault(model_key(v.model_name), v.model_name)
     if len(models) > 1:
-        raise ValueError(f"The vectors were made for different models: {sorted(models)}.")
+        raise ValueError(f"The vectors were made for different models: {sorted(models.values())}.")
 
     directions: dict[int, torch.Tensor] = {}
     sources: dict[int, list[dict]] = {}
@@ -156,7 +159,7 @@ def write_control_vector(
             )
         arrays[layer] = tensor.numpy()
 
-    hint = model_hint or next(iter(models), None) or "unknown"
+    hint = model_hint or next(iter(models.values()), None) or "unknown"
     record = [{"tensor": f"direction.{layer}", "sources": sources[layer]} for layer in arrays]
     path = Path(path)
     with atomic_path(path, suffix=".gguf") as tmp:

@@ -44,8 +44,8 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.hooks import check_steerable_hook
 
 QueryLoss = Literal["prototype", "distance"]
@@ -62,7 +62,7 @@ class QueryPrototypes:
     @classmethod
     def fit(
         cls,
-        model: HookedTransformer,
+        model: Model,
         sae: SAE,
         texts_by_class: Mapping[str, Sequence[str]],
         *,
@@ -131,7 +131,7 @@ def move_codes(
 
 @contextmanager
 def steer_queries(
-    model: HookedTransformer,
+    model: Model,
     sae: SAE,
     prototypes: QueryPrototypes,
     target: str | int,
@@ -167,7 +167,7 @@ def steer_queries(
         yield
 
 
-def _query_hook(model: HookedTransformer, sae: SAE, hook_name: str | None) -> str:
+def _query_hook(model: Model, sae: SAE, hook_name: str | None) -> str:
     hook = hook_name or getattr(sae.cfg.metadata, "hook_name", None)
     if hook is None:
         raise ValueError(

@@ -31,8 +31,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens.activations import harvest_activations
 
 __all__ = [
@@ -125,7 +125,7 @@ class LikelihoodCoherenceScorer:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         *,
         fluent_nll: float = 0.0,
         ngram: int = 2,
@@ -276,7 +276,7 @@ class ProbeScorer:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: Model,
         probe: LinearProbe,
         hook_name: str,
         *,
@@ -292,7 +292,7 @@ class ProbeScorer:
     @classmethod
     def fit(
         cls,
-        model: HookedTransformer,
+        model: Model,
         positive_texts: list[str],
         negative_texts: list[str],
         hook_name: str,

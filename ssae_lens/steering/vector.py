@@ -32,8 +32,8 @@ from sae_lens import SAE
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from ssae_lens._core.backend import Model
 from ssae_lens._core.hooks import check_steerable_hook, dictionary_hook_name, hook_width
 from ssae_lens._core.io import atomic_path, write_text_atomic
 
@@ -104,7 +104,10 @@ class SteeringVector:
     Attributes:
         direction: the vector, ``Float[Tensor, "d"]``.
         hook_name: the TransformerLens hook point it belongs to.
-        model_name: the model it was made for (``model.cfg.model_name``), if known.
+        model_name: the model it was made for (``model.cfg.model_name``), if known. Names are
+            compared without their organisation prefix, case-insensitively: a
+            ``TransformerBridge`` calls Gemma 3 270M ``google/gemma-3-270m`` where a
+            ``HookedTransformer`` calls it ``gemma-3-270m``.
         method: how it was made: ``"raw"``, ``"caa"``, ``"mean_shift"``, ``"pca"``,
             ``"sae"``, ``"ssae"``, ``"sae-ts"``, ``"combination"``, ...
         normalized: whether ``direction`` has unit norm.
@@ -182,7 +185,7 @@ class SteeringVector:
             )
         if other.d != self.d:
             raise ValueError(f"Cannot {op} vectors of widths {self.d} and {other.d}.")
-        if self.model_name and other.model_name and self.model_name != other.model_name:
+        if not _same_model(self.model_name, other.model_name):
             raise ValueError(
                 f"Cannot {op} vectors made for different models "
                 f"({self.model_name!r} and {other.model_name!r})."
@@ -346,7 +349,7 @@ class SteeringVector:
         cls,
         path: str | os.PathLike,
         *,
-        model: HookedTransformer | None = None,
+        model: Model | None = None,
         strict: bool = False,
         device: str | torch.device | None = None,
     ) -> SteeringVector:
@@ -439,7 +442,7 @@ class SteeringVector:
         token: str | None = None,
         endpoint: str | None = None,
         local_files_only: bool = False,
-        model: HookedTransformer | None = None,
+        model: Model | None = None,
         strict: bool = False,
         device: str | torch.device | None = None,
     ) -> SteeringVector:
@@ -483,7 +486,7 @@ class SteeringVector:
             [self], path, scale=scale, n_layers=n_layers, model_hint=model_hint
         )
 
-    def check_compatible(self, model: HookedTransformer, *, strict: bool = False) -> None:
+    def check_compatible(self, model: Model, *, strict: bool = False) -> None:
         """Check that this vector can steer ``model`` (see :meth:`load`)."""
         check_steerable_hook(model, self.hook_name)
         expected = hook_width(model, self.hook_name)
@@ -493,7 +496,7 @@ class SteeringVector:
                 f"{expected}: the vector was made for a different model or hook point."
             )
         model_name = getattr(model.cfg, "model_name", None)
-        if self.model_name and model_name and self.model_name != model_name:
+        if not _same_model(self.model_name, model_name):
             message = (
                 f"Steering vector for {self.hook_name!r} was made for model "
                 f"{self.model_name!r} but is used with {model_name!r}. Its direction may mean "
@@ -503,3 +506,17 @@ class SteeringVector:
             if strict:
                 raise ValueError(message)
             warnings.warn(message, SteeringCompatibilityWarning, stacklevel=3)
+
+
+def model_key(name: str) -> str:
+    """The part of a model name that identifies the model: after the last ``/``, lower-case.
+
+    TransformerLens's ``HookedTransformer`` keeps only that part of the official name
+    (``gemma-3-270m``), a ``TransformerBridge`` the whole Hub id (``google/gemma-3-270m``).
+    """
+    return name.rsplit("/", 1)[-1].lower()
+
+
+def _same_model(a: str | None, b: str | None) -> bool:
+    """Whether two model names (either unknown counts as the same) name one model."""
+    return not a or not b or model_key(a) == model_key(b)
