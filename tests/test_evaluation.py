@@ -13,12 +13,11 @@ import torch
 from ssae_lens.generation import generate_texts
 from ssae_lens.steering import SteeringVector, steer
 from ssae_lens.steering.evaluation import evaluate_steering
+from ssae_lens.steering.judge import LLMJudgeError, LLMJudgeScorer
 from ssae_lens.steering.scorers import (
     KeywordScorer,
     LikelihoodCoherenceScorer,
     LinearProbe,
-    LLMJudgeError,
-    LLMJudgeScorer,
     ProbeScorer,
     Scorer,
 )

@@ -31,11 +31,11 @@ from ssae_lens.steering.evaluation import (
     evaluate_steering,
 )
 from ssae_lens.steering.gguf import control_vector_layer, write_control_vector
+from ssae_lens.steering.judge import LLMJudgeScorer
 from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
 from ssae_lens.steering.scorers import (
     KeywordScorer,
     LikelihoodCoherenceScorer,
-    LLMJudgeScorer,
     ProbeScorer,
     Scorer,
 )

@@ -20,7 +20,7 @@ import importlib
 from collections.abc import Sequence
 from typing import Any
 
-from ssae_lens.steering.scorers import _check_lengths
+from ssae_lens.steering.scorers import check_lengths
 
 __all__ = [
     "DETECTED_LANGUAGES",
@@ -64,7 +64,7 @@ class VaderSentimentScorer:
         return float(self._analyzer.polarity_scores(text)["compound"])
 
     def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
-        _check_lengths(texts, prompts)
+        check_lengths(texts, prompts)
         sign = 1.0 if self.target == "positive" else -1.0
         return [(1 + sign * self.compound(t)) / 2 if t.strip() else 0.0 for t in texts]
 
@@ -116,7 +116,7 @@ class LanguageScorer:
         self._target = _language(_require("lingua", "lingua-language-detector"), self.language)
 
     def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
-        _check_lengths(texts, prompts)
+        check_lengths(texts, prompts)
         return [
             float(self._detector.compute_language_confidence(t, self._target)) if t.strip() else 0.0
             for t in texts
@@ -147,7 +147,7 @@ class SameLanguageScorer:
         self._fixed = None if self.language is None else _language(lingua, self.language)
 
     def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
-        _check_lengths(texts, prompts)
+        check_lengths(texts, prompts)
         scores = []
         for text, prompt in zip(texts, prompts, strict=True):
             wanted = self._fixed or self._detector.detect_language_of(prompt)
@@ -178,7 +178,7 @@ class ReadingEaseScorer:
         return float(self._textstat.flesch_reading_ease(text))
 
     def __call__(self, texts: list[str], prompts: list[str]) -> list[float]:
-        _check_lengths(texts, prompts)
+        check_lengths(texts, prompts)
         scores = []
         for text in texts:
             if not text.strip():
