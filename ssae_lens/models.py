@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer
 
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic
+from ssae_lens._core.precision import Precision, record_precision, weights_dtype
 
 __all__ = ["EMBEDDED_MODELS", "cache_root", "load_model"]
 
@@ -57,7 +58,7 @@ def load_model(
     name: str | HookedTransformer = "gemma-3-270m",
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: Precision | None = None,
     cache_dir: str | os.PathLike | None = None,
     **from_pretrained_kwargs: Any,
 ) -> HookedTransformer:
@@ -68,7 +69,11 @@ def load_model(
             through ``HookedTransformer.from_pretrained_no_processing``, which may download), or
             an existing ``HookedTransformer``, returned unchanged.
         device: Device to put the model on.
-        dtype: Parameter dtype.
+        precision: ``"float32"`` (the default for a name), ``"bf16-autocast"`` (float32
+            weights, forward passes under bfloat16 autocast) or ``"bfloat16"`` (the weights
+            cast to bfloat16); recorded as the model's default precision
+            (:mod:`ssae_lens._core.precision`). For a ``HookedTransformer`` it is checked
+            against the weights, and recorded.
         cache_dir: Root cache folder for the converted embedded model; defaults to
             :func:`cache_root`. The checkpoint lives in ``<cache_dir>/models/<name>``.
         **from_pretrained_kwargs: Passed on to ``from_pretrained_no_processing`` (e.g.
@@ -78,15 +83,20 @@ def load_model(
         The model in eval mode.
     """
     if isinstance(name, HookedTransformer):
+        if precision is not None:
+            record_precision(name, precision)
         return name
     if not isinstance(name, str):
         raise TypeError(
             f"load_model expects a model name or a HookedTransformer, got {type(name).__name__}."
         )
+    precision = precision or "float32"
+    dtype = weights_dtype(precision)
     if name not in EMBEDDED_MODELS:
         model = HookedTransformer.from_pretrained_no_processing(
             name, device=device, dtype=dtype, **from_pretrained_kwargs
         )
+        record_precision(model, precision)
         return model.eval()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -103,6 +113,7 @@ def load_model(
         dtype=dtype,
         **from_pretrained_kwargs,
     )
+    record_precision(model, precision)
     return model.eval()
 
 

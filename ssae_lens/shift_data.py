@@ -258,8 +258,9 @@ def load_dataset(dataset: str) -> ConceptPairs:
 
 def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = None) -> ShiftData:
     """The shift data an :class:`~ssae_lens.config.ExperimentConfig` describes: its dataset
-    harvested at ``cfg.hook_name`` (``model``, or ``cfg.model`` loaded on ``cfg.device``) with
-    the ``harvest:`` options, or ``synthetic`` shifts from the ``synthetic:`` options."""
+    harvested at ``cfg.hook_name`` (``model``, or ``cfg.model`` loaded on ``cfg.device`` in
+    ``cfg.precision``) with the ``harvest:`` options, or ``synthetic`` shifts from the
+    ``synthetic:`` options."""
     h = cfg.harvest
     if cfg.dataset == "synthetic":
         data = synthetic_shift_data(
@@ -269,8 +270,10 @@ def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = Non
         )
     else:
         pairs = load_dataset(cfg.dataset)
+        if model is None:
+            model = models.load_model(cfg.model, device=cfg.device, precision=cfg.precision)
         data = harvest_shift_data(
-            model if model is not None else models.load_model(cfg.model, device=cfg.device),
+            model,
             pairs,
             cfg.hook_name,
             name=cfg.dataset,
