@@ -24,13 +24,17 @@ Activations of attention hooks with a head dimension (e.g. ``blocks.L.attn.hook_
 
 With ``cache_dir`` set, activations are written as safetensors shards (a
 :class:`~ssae_lens._core.cache.ChunkStore`) in a folder keyed by everything that changes them:
-the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`), the hooks,
-the position options and the token ids of the texts. Shards are checksummed and written
+the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`), the precision,
+the hooks, the position options and the token ids of the texts. Shards are checksummed and written
 atomically; an interrupted run resumes at the first missing shard, a corrupt shard is
 recomputed with a warning, and a rerun with the same key reads the cache instead of running the
 model. Harvesting with a cache while hooks are active on the model (e.g. inside ``steer(...)``)
 raises, since the key does not describe hooks. Cached activations are stored in float32
 whatever the requested ``dtype``.
+
+``precision`` (:mod:`ssae_lens._core.precision`; default: the model's) is the precision of the
+forward passes. Activations are read out of the model in float32 and shifts are formed from
+them in float32 (subtracted before any cast to the requested ``dtype``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from transformer_lens import HookedTransformer
 
 from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_hooks
 from ssae_lens._core.hooks import check_hook_names, stop_at_layer
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = [
@@ -66,7 +71,7 @@ POSITIONS: tuple[str, ...] = ("last", "mean", "all")
 HarvestOutput = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor, "n d"]]
 """Shifts, or ``(source_acts, target_acts)`` with ``return_both=True``."""
 
-_CACHE_FORMAT_VERSION = 2  # 2: full weight hash; checksummed ChunkStore shards
+_CACHE_FORMAT_VERSION = 3  # 2: full weight hash; checksummed ChunkStore shards; 3: precision
 
 
 class PairedActivationStore:
@@ -91,6 +96,7 @@ class PairedActivationStore:
         include_bos: Whether BOS counts as a token for ``"mean"`` and ``"all"``.
         shard_size: Texts per cache shard.
         progress: Whether to show a progress bar.
+        precision: ``"float32"``, ``"bf16-autocast"`` or ``"bfloat16"``; ``None``: the model's.
     """
 
     def __init__(
@@ -110,6 +116,7 @@ class PairedActivationStore:
         include_bos: bool = False,
         shard_size: int = 4096,
         progress: bool = True,
+        precision: Precision | None = None,
     ):
         sources, targets = _as_text_pairs(pairs)
         self.model = model
@@ -131,6 +138,7 @@ class PairedActivationStore:
             include_bos=include_bos,
             shard_size=shard_size,
             progress=progress,
+            precision=precision,
         )
         n = len(sources)
         self._source_index = self._harvester.text_to_unique[:n]
@@ -236,7 +244,7 @@ def harvest_activations(
         dtype: Dtype of the returned tensors.
         device: Device of the returned tensors.
         **options: ``cache_dir``, ``prepend_bos``, ``padding_side``, ``include_bos``,
-            ``shard_size``, ``progress`` as in :class:`PairedActivationStore`.
+            ``shard_size``, ``progress``, ``precision`` as in :class:`PairedActivationStore`.
 
     Returns:
         ``Float[Tensor, "n_texts d"]`` (``"n_tokens d"`` for ``"all"``), or a dict by hook name
@@ -284,6 +292,7 @@ class _TextHarvester:
         include_bos: bool = False,
         shard_size: int = 4096,
         progress: bool = True,
+        precision: Precision | None = None,
     ):
         if not isinstance(model, HookedTransformer):
             raise TypeError(
@@ -305,6 +314,7 @@ class _TextHarvester:
         check_hook_names(model, hook_names)
 
         self.model = model
+        self.precision = resolve_precision(model, precision)
         self.hook_names = hook_names
         self.position = position
         self.batch_size = batch_size
@@ -371,6 +381,7 @@ class _TextHarvester:
             "model_name": self.model.cfg.model_name,
             "model_fingerprint": model_fingerprint(self.model),
             "model_dtype": str(self.model.cfg.dtype),
+            "precision": self.precision,
             "hook_names": sorted(self.hook_names),
             "position": self.position,
             "prepend_bos": bool(prepend_bos),
@@ -453,7 +464,8 @@ class _TextHarvester:
             captured[hook.name] = reduced.to("cpu", torch.float32)
 
         device = model.cfg.device
-        with model.hooks(fwd_hooks=[(hook, capture) for hook in self.hook_names]):
+        hooks = model.hooks(fwd_hooks=[(hook, capture) for hook in self.hook_names])
+        with hooks, autocast(self.precision, device):
             model(
                 tokens.to(device),
                 attention_mask=mask.long().to(device),

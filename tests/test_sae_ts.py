@@ -206,7 +206,7 @@ def test_interpolate_scales_on_hand_curves():
 def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     base = 2.0
 
-    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
         # Loss rises as c_i * a^2 with c = |first coordinate| of each direction.
         c = directions[:, 0].abs()[:, None]
         return base + c * sweep[None] ** 2

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from ssae_lens._core.io import save_figure
+from ssae_lens._core.precision import Precision, resolve_precision
 from ssae_lens.generation import generate_texts
 from ssae_lens.steering.apply import POSITION_NAMES, steer
 from ssae_lens.steering.scorers import LikelihoodCoherenceScorer, Scorer
@@ -213,6 +214,7 @@ def evaluate_steering(
     top_k: int | None = None,
     top_p: float | None = None,
     batch_size: int = 16,
+    precision: Precision | None = None,
 ) -> SteeringEvaluation:
     """Sweep steering scales and score the generations.
 
@@ -244,6 +246,8 @@ def evaluate_steering(
         top_k: sample among the ``top_k`` most likely tokens, or ``None`` for all.
         top_p: nucleus sampling mass, or ``None`` for the full distribution.
         batch_size: continuations generated per batch.
+        precision: the precision of generation and of the default coherence scorer
+            (``None``: the model's).
 
     Returns:
         A ``SteeringEvaluation`` with the per-scale table, the best scale and every sample.
@@ -279,13 +283,15 @@ def evaluate_steering(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
-    coherence_scorer = coherence_scorer or LikelihoodCoherenceScorer(model)
+    precision = resolve_precision(model, precision)
+    coherence_scorer = coherence_scorer or LikelihoodCoherenceScorer(model, precision=precision)
     generate = dict(
         max_new_tokens=max_new_tokens,
         do_sample=do_sample,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        precision=precision,
     )
 
     rows = [(i, j) for i in range(len(prompts)) for j in range(n_samples)]
