@@ -1,4 +1,5 @@
-"""generate_tokens: the lean KV-cache loop used for SAE-TS effects matches model.generate."""
+"""generate_tokens: the lean KV-cache loop used for SAE-TS effects matches model.generate,
+in each precision."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from conftest import build_tiny_model
 
+from ssae_lens._core.precision import PRECISIONS, autocast
 from ssae_lens.generation import generate_tokens, sample_tokens
 from ssae_lens.steering import steer_rows
 
@@ -15,13 +17,35 @@ HOOK = "blocks.1.hook_resid_post"
 PROMPTS = ["The cat sat", "She walked to the market and", "hey", "le roi, la reine"]
 
 
-@pytest.fixture(scope="module", params=["standard", "rotary"])
-def model(request, tiny_tokenizer):
-    if request.param == "standard":
-        return build_tiny_model(tiny_tokenizer)
+# Captured activations against a full pass (atol = rtol): float32 differs only by the order
+# of float32 sums; bfloat16 by kernels that may block one-token steps differently (2**-7 is two
+# bfloat16 ulps; on the avx512_bf16 CPU these tests were written on they agree exactly).
+CAPTURE_TOL = {"float32": 1e-5, "bf16-autocast": 2**-7, "bfloat16": 2**-7}
+
+
+def build(tokenizer, kind: str, **overrides):
+    if kind == "standard":
+        return build_tiny_model(tokenizer, **overrides)
     return build_tiny_model(
-        tiny_tokenizer, positional_embedding_type="rotary", rotary_dim=8, normalization_type="RMS"
+        tokenizer,
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        normalization_type="RMS",
+        **overrides,
     )
+
+
+@pytest.fixture(scope="module", params=["standard", "rotary"])
+def models(request, tiny_tokenizer):
+    """One architecture in each precision (bfloat16: the same weights, cast)."""
+    model = build(tiny_tokenizer, request.param)
+    bf16 = build(tiny_tokenizer, request.param, dtype=torch.bfloat16)
+    return {"float32": model, "bf16-autocast": model, "bfloat16": bf16}
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models["float32"]
 
 
 def steering(model, on: bool):
@@ -31,14 +55,17 @@ def steering(model, on: bool):
     return steer_rows(model, directions, HOOK, [0.0, 3.0, -2.0, 5.0])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("steered", [False, True])
-def test_greedy_matches_model_generate_token_for_token(model, steered):
+def test_greedy_matches_model_generate_token_for_token(models, steered, precision):
+    model = models[precision]
     with steering(model, steered):
-        expected = model.generate(
-            PROMPTS, max_new_tokens=10, do_sample=False, stop_at_eos=False,
-            verbose=False, return_type="tokens", padding_side="left",
-        )  # fmt: skip
-        tokens, acts = generate_tokens(model, PROMPTS, 10, do_sample=False)
+        with autocast(precision, "cpu"):
+            expected = model.generate(
+                PROMPTS, max_new_tokens=10, do_sample=False, stop_at_eos=False,
+                verbose=False, return_type="tokens", padding_side="left",
+            )  # fmt: skip
+        tokens, acts = generate_tokens(model, PROMPTS, 10, do_sample=False, precision=precision)
     assert acts is None
     assert torch.equal(tokens, expected)
 
@@ -96,10 +123,15 @@ def test_sampling_leaves_the_global_rng_alone(model):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_captured_activations_equal_a_full_steered_pass(model):
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_captured_activations_equal_a_full_steered_pass(models, precision):
+    model = models[precision]
     with steering(model, True):
-        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=HOOK)
+        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=HOOK, precision=precision)
         mask = (torch.cumsum(tokens != model.tokenizer.pad_token_id, 1) > 0).long()
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
+        with autocast(precision, "cpu"):
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
     assert acts.shape == (len(PROMPTS), 6, 32)
-    torch.testing.assert_close(acts, cache[HOOK][:, -6:], atol=1e-5, rtol=1e-5)
+    assert acts.dtype == torch.float32  # returned in float32 whatever the precision
+    tol = CAPTURE_TOL[precision]
+    torch.testing.assert_close(acts, cache[HOOK][:, -6:].float(), atol=tol, rtol=tol)
