@@ -15,6 +15,10 @@ and written in the residual stream, and layer-norm folding / weight centering wo
 basis away from the Hugging Face one that pretrained SAEs (e.g. Gemma Scope) and SAELens' own
 training runner (``sae_lens.load_model``) use. Pass processing flags as keyword arguments to
 opt in (e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``).
+
+``precision`` (:mod:`ssae_lens._core.precision`) picks the weights' dtype: ``"bfloat16"`` casts
+them, ``"float32"`` and ``"bf16-autocast"`` keep float32 weights. The loaded model remembers the
+precision, so harvesting, generation and SAE-TS run in it unless told otherwise.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from transformer_lens import HookedTransformer
 
 from ssae_lens import models
 from ssae_lens._core.io import atomic_path
+from ssae_lens._core.precision import Precision, resolve_precision
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.data.pairs import ConceptPairs, split_indices
 from ssae_lens.data.registry import load_pairs
@@ -170,12 +171,14 @@ def harvest_shift_data(
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> ShiftData | dict[str, ShiftData]:
     """Harvest both sides of every pair at one or more hooks (in one pass) and split them.
 
     The split is ``pairs.split_indices(test_fraction, split_seed)``; labels are
     ``pairs.label_matrix(encoding=encoding)`` (no columns for unlabelled pairs); the reference
-    directions come from the training split only (:func:`reference_directions`).
+    directions come from the training split only (:func:`reference_directions`). The model runs
+    in ``precision`` (``None``: the model's; :mod:`ssae_lens._core.precision`).
 
     Returns:
         A :class:`ShiftData`, or a dict of them by hook if ``hook_name`` is a list.
@@ -195,8 +198,14 @@ def harvest_shift_data(
         cache_dir=cache_dir,
         return_both=True,
         progress=progress,
+        precision=precision,
     )
-    meta = {"dataset": name, "model": model.cfg.model_name, "position": position}
+    meta = {
+        "dataset": name,
+        "model": model.cfg.model_name,
+        "position": position,
+        "precision": resolve_precision(model, precision),
+    }
     out = {}
     for hook in hooks:
         src, tgt = acts[hook]
