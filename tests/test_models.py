@@ -191,3 +191,31 @@ def test_gemma_loads_offline_and_matches_hugging_face(gemma):
         (cache["blocks.6.hook_resid_post"] - hf_resid).norm(dim=-1, keepdim=True) < 1e-5 * scale
     ).all()
     assert tl_text == hf_text
+
+
+@pytest.mark.slow
+def test_gemma_in_bfloat16_stays_close_to_float32(gemma):
+    """The embedded model loaded with precision="bfloat16": bfloat16 weights, recorded as its
+    precision, and activations within bfloat16 rounding of float32's (eps 2**-8 per operation,
+    18 layers: a few per cent at most); shifts are differences of large activations and lose
+    more (relative error up to ~13% measured in benchmarks/results/precision.md)."""
+    from ssae_lens._core.precision import resolve_precision
+    from ssae_lens.activations import harvest_activations, harvest_shifts
+    from ssae_lens.data import load_pairs
+
+    bf16 = models.load_model("gemma-3-270m", precision="bfloat16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert resolve_precision(bf16) == "bfloat16"
+    hook = "blocks.12.hook_resid_post"
+    texts = ["The capital of France is", "He is my brother and he"]
+    exact = harvest_activations(gemma, texts, hook, progress=False)
+    low = harvest_activations(bf16, texts, hook, progress=False)
+    assert low.dtype == torch.float32
+    assert ((low - exact).norm(dim=-1) < 0.03 * exact.norm(dim=-1)).all()
+    pairs = load_pairs("binary").subset(range(16))
+    cosine = torch.cosine_similarity(
+        harvest_shifts(bf16, pairs, hook, progress=False),
+        harvest_shifts(gemma, pairs, hook, progress=False),
+        dim=-1,
+    )
+    assert float(cosine.min()) > 0.98
