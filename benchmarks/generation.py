@@ -150,7 +150,7 @@ def main() -> None:
     # --- bfloat16
     reference_logits = forward().float()
     reference_tokens = tokens[:, -n_new:]
-    bf16_model = load_model("gemma-3-270m", dtype=torch.bfloat16)
+    bf16_model = load_model("gemma-3-270m", precision="bfloat16")
     autocast = torch.autocast("cpu", dtype=torch.bfloat16)
 
     def under_autocast(fn: Callable[[], object]) -> Callable[[], object]:

@@ -267,7 +267,9 @@ def run_paper(cfg: PaperConfig) -> Path:
     out = Path(cfg.out_dir)
     save_config(cfg, out / f"{cfg.name}_config.yaml")
     study = Study()
-    model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
+    model = models.load_model(
+        cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision
+    )
     study.timings["load model"] = time.perf_counter() - t0
 
     hook = cfg.hook_name

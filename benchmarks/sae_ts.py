@@ -205,7 +205,7 @@ def run(given: SaeTsConfig) -> None:
         clock = now
         print(f"[{name}] {timings[name]:.0f} s", flush=True)
 
-    model = load_model(cfg.model, backend=cfg.backend, device=cfg.device)
+    model = load_model(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision)
     lap("load model")
     sae = train_reference_sae(model, hook, seed=cfg.seed, device=cfg.device, **cfg.sae.kwargs())
     lap("reference SAE")

@@ -27,13 +27,17 @@ With ``cache_dir`` set, activations are written as safetensors shards (a
 :class:`~ssae_lens._core.cache.ChunkStore`) in a folder keyed by everything that changes them:
 the model (config, dtype and a full hash of its weights, :func:`model_fingerprint`; the two
 backends' configs and parameter names differ, so a bridge never reads a ``HookedTransformer``'s
-cache or the reverse), the hooks,
+cache or the reverse), the precision, the hooks,
 the position options and the token ids of the texts. Shards are checksummed and written
 atomically; an interrupted run resumes at the first missing shard, a corrupt shard is
 recomputed with a warning, and a rerun with the same key reads the cache instead of running the
 model. Harvesting with a cache while hooks are active on the model (e.g. inside ``steer(...)``)
 raises, since the key does not describe hooks. Cached activations are stored in float32
 whatever the requested ``dtype``.
+
+``precision`` (:mod:`ssae_lens._core.precision`; default: the model's) is the precision of the
+forward passes. Activations are read out of the model in float32 and shifts are formed from
+them in float32 (subtracted before any cast to the requested ``dtype``).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from tqdm.auto import tqdm
 from ssae_lens._core.backend import Model, backend
 from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_hooks
 from ssae_lens._core.hooks import check_hook_names, stop_at_layer
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = [
@@ -69,7 +74,7 @@ POSITIONS: tuple[str, ...] = ("last", "mean", "all")
 HarvestOutput = Float[Tensor, "n d"] | tuple[Float[Tensor, "n d"], Float[Tensor, "n d"]]
 """Shifts, or ``(source_acts, target_acts)`` with ``return_both=True``."""
 
-_CACHE_FORMAT_VERSION = 2  # 2: full weight hash; checksummed ChunkStore shards
+_CACHE_FORMAT_VERSION = 3  # 2: full weight hash; checksummed ChunkStore shards; 3: precision
 
 
 class PairedActivationStore:
@@ -94,6 +99,7 @@ class PairedActivationStore:
         include_bos: Whether BOS counts as a token for ``"mean"`` and ``"all"``.
         shard_size: Texts per cache shard.
         progress: Whether to show a progress bar.
+        precision: ``"float32"``, ``"bf16-autocast"`` or ``"bfloat16"``; ``None``: the model's.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class PairedActivationStore:
         include_bos: bool = False,
         shard_size: int = 4096,
         progress: bool = True,
+        precision: Precision | None = None,
     ):
         sources, targets = _as_text_pairs(pairs)
         self.model = model
@@ -134,6 +141,7 @@ class PairedActivationStore:
             include_bos=include_bos,
             shard_size=shard_size,
             progress=progress,
+            precision=precision,
         )
         n = len(sources)
         self._source_index = self._harvester.text_to_unique[:n]
@@ -239,7 +247,7 @@ def harvest_activations(
         dtype: Dtype of the returned tensors.
         device: Device of the returned tensors.
         **options: ``cache_dir``, ``prepend_bos``, ``padding_side``, ``include_bos``,
-            ``shard_size``, ``progress`` as in :class:`PairedActivationStore`.
+            ``shard_size``, ``progress``, ``precision`` as in :class:`PairedActivationStore`.
 
     Returns:
         ``Float[Tensor, "n_texts d"]`` (``"n_tokens d"`` for ``"all"``), or a dict by hook name
@@ -287,6 +295,7 @@ class _TextHarvester:
         include_bos: bool = False,
         shard_size: int = 4096,
         progress: bool = True,
+        precision: Precision | None = None,
     ):
         self.backend = backend(model)
         if model.tokenizer is None:
@@ -304,6 +313,7 @@ class _TextHarvester:
         check_hook_names(model, hook_names)
 
         self.model = model
+        self.precision = resolve_precision(model, precision)
         self.hook_names = hook_names
         self.position = position
         self.batch_size = batch_size
@@ -368,6 +378,7 @@ class _TextHarvester:
             "model_name": self.model.cfg.model_name,
             "model_fingerprint": model_fingerprint(self.model),
             "model_dtype": str(self.model.cfg.dtype),
+            "precision": self.precision,
             "hook_names": sorted(self.hook_names),
             "position": self.position,
             "prepend_bos": bool(prepend_bos),
@@ -454,7 +465,7 @@ class _TextHarvester:
             (name, lambda act, hook, name=name: capture(name, act)) for name in self.hook_names
         ]
         device = self.backend.device
-        with model.hooks(fwd_hooks=hooks):
+        with model.hooks(fwd_hooks=hooks), autocast(self.precision, device):
             self.backend.run_to_layer(tokens.to(device), mask.long().to(device), self.stop_at_layer)
         return captured
 

@@ -244,7 +244,9 @@ def steer(
                 f"steer.latent={cfg.steer.latent} is out of range [0, {sae.cfg.d_sae})."
             )
         vec = SteeringVector.from_ssae(sae, cfg.steer.latent, hook_name=cfg.hook_name)
-    model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
+    model = models.load_model(
+        cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision
+    )
     if scale is None:  # an SSAE decoder row: a fraction of the typical shift
         scale = cfg.steer.scale_fraction * _shift_data(cfg, None, model).median_shift_norm()
     vec.check_compatible(model)

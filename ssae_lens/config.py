@@ -2,7 +2,7 @@
 
 A config is a YAML mapping whose keys are the fields of a dataclass; nested sections are nested
 dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``backend``,
-``hook_name``, ``device``, ``out_dir``) and uses the shared sections it needs:
+``hook_name``, ``device``, ``precision``, ``out_dir``) and uses the shared sections it needs:
 
 - ``columns:`` :class:`ColumnsSection`: the source, target and label fields of a pairs file;
 - ``harvest:`` :class:`HarvestSection`: batching, the train/test split, the activation cache;
@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 import yaml
 
 from ssae_lens._core.io import write_text_atomic
+from ssae_lens._core.precision import Precision
 
 if TYPE_CHECKING:
     from ssae_lens.ssae.model import TrainingSSAEConfig
@@ -81,7 +82,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """The fields every config has: the model, the hook point read, the device, the output.
+    """The fields every config has: the model, the hook point read, the device, the precision
+    the model runs in (:mod:`ssae_lens._core.precision`), the output.
 
     ``backend`` is how the model is run: ``"hooked"`` (``HookedTransformer``) or ``"bridge"``
     (``TransformerBridge``, any Hugging Face causal LM); see :mod:`ssae_lens.models`.
@@ -91,6 +93,7 @@ class RunConfig:
     backend: Literal["hooked", "bridge"] = "hooked"
     hook_name: str = "blocks.12.hook_resid_post"
     device: str = "cpu"
+    precision: Precision = "float32"
     out_dir: str = "runs/experiment"
 
     def to_dict(self) -> dict[str, Any]:

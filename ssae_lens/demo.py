@@ -57,7 +57,9 @@ def run_demo(cfg: ExperimentConfig) -> Path:
     t0 = time.perf_counter()
     out = Path(cfg.out_dir)
     save_config(cfg, out / "config.yaml")
-    model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
+    model = models.load_model(
+        cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision
+    )
     data = experiment_data(cfg, model)
     t_harvest = time.perf_counter() - t0
 

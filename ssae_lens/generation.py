@@ -10,6 +10,10 @@ next-token distribution with one uniform number per row and token (:func:`sample
 Rows given the same uniform numbers draw the same token wherever their distributions agree,
 so the difference between a steered and an unsteered rollout is the steering, not the
 sampling noise (common random numbers).
+
+``precision`` (:mod:`ssae_lens._core.precision`; default: the model's) is the precision of the
+forward passes; the next-token distribution is computed from the logits in float32, and
+captured activations are returned in float32.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import Tensor
 from ssae_lens._core.backend import Model, backend
 from ssae_lens._core.finite import all_finite
 from ssae_lens._core.hooks import hook_layer
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = ["generate_texts", "generate_tokens", "sample_tokens"]
@@ -94,6 +99,7 @@ def generate_tokens(
     seed: int = 0,
     uniforms: Float[Tensor, "batch new"] | None = None,
     capture: str | None = None,
+    precision: Precision | None = None,
 ) -> tuple[Int[Tensor, "batch width"], Float[Tensor, "batch new d"] | None]:
     """Batched generation with a KV cache; a lean equivalent of ``model.generate``.
 
@@ -124,10 +130,12 @@ def generate_tokens(
         capture: a hook point; if given, its activations at the inputs
             ``prompt_len .. prompt_len + max_new_tokens - 1`` (the generated tokens, as the
             next forward pass sees them, after any steering hook) are also returned.
+        precision: ``"float32"``, ``"bf16-autocast"`` or ``"bfloat16"``; ``None``: the model's.
 
     Returns:
         ``(tokens, acts)``: the left-padded prompts followed by the new tokens, and the
-        captured ``(batch, max_new_tokens, d)`` activations (``None`` without ``capture``).
+        captured ``(batch, max_new_tokens, d)`` float32 activations (``None`` without
+        ``capture``).
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
@@ -135,6 +143,7 @@ def generate_tokens(
         raise ValueError("No prompts to continue.")
     lm = backend(model)
     device = lm.device
+    precision = resolve_precision(model, precision)
     if uniforms is None and do_sample:
         generator = torch.Generator().manual_seed(seed)
         uniforms = torch.rand(len(prompts), max_new_tokens, generator=generator)
@@ -162,10 +171,10 @@ def generate_tokens(
     captured: list[Tensor] = []
 
     def grab(act: Tensor, hook: Any) -> None:
-        captured.append(act.detach()[:, -1:])
+        captured.append(act.detach()[:, -1:].float())
 
     hooks = [] if capture is None else [(capture, grab)]
-    with model.hooks(fwd_hooks=hooks):
+    with model.hooks(fwd_hooks=hooks), autocast(precision, device):
         state = lm.prefill(tokens, mask)
         captured.clear()  # the prompt's own activations are not wanted
         new = []

@@ -29,6 +29,10 @@ basis away from the Hugging Face one that pretrained SAEs (e.g. Gemma Scope) use
 backends agree to float rounding, not bit for bit (for the embedded Gemma,
 ``benchmarks/results/bridge_parity.md``). Pass processing flags as keyword arguments to opt in
 (e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``; hooked backend only).
+
+``precision`` (:mod:`ssae_lens._core.precision`) picks the weights' dtype: ``"bfloat16"`` casts
+them, ``"float32"`` and ``"bf16-autocast"`` keep float32 weights. The loaded model remembers the
+precision, so harvesting, generation and SAE-TS run in it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from transformer_lens import HookedTransformer
 from ssae_lens._core.backend import Model
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic
+from ssae_lens._core.precision import Precision, record_precision, weights_dtype
 
 __all__ = ["BACKENDS", "EMBEDDED_MODELS", "Model", "cache_root", "load_model"]
 
@@ -77,7 +82,7 @@ def load_model(
     *,
     backend: str = "hooked",
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: Precision | None = None,
     cache_dir: str | os.PathLike | None = None,
     **from_pretrained_kwargs: Any,
 ) -> Model:
@@ -94,7 +99,11 @@ def load_model(
         backend: ``"hooked"`` (default) or ``"bridge"``; see the module docstring for why
             and for the numeric differences.
         device: Device to put the model on.
-        dtype: Parameter dtype.
+        precision: ``"float32"`` (the default for a name), ``"bf16-autocast"`` (float32
+            weights, forward passes under bfloat16 autocast) or ``"bfloat16"`` (the weights
+            cast to bfloat16); recorded as the model's default precision
+            (:mod:`ssae_lens._core.precision`). For a ``HookedTransformer`` it is checked
+            against the weights, and recorded.
         cache_dir: Root cache folder for the converted embedded model; defaults to
             :func:`cache_root`. The checkpoint lives in ``<cache_dir>/models/<name>``.
         **from_pretrained_kwargs: Passed on to ``from_pretrained_no_processing`` (e.g.
@@ -105,6 +114,8 @@ def load_model(
         The model in eval mode.
     """
     if isinstance(name, Model):
+        if precision is not None:
+            record_precision(name, precision)
         return name
     if not isinstance(name, str):
         raise TypeError(
@@ -113,9 +124,13 @@ def load_model(
         )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
+    precision = precision or "float32"
+    dtype = weights_dtype(precision)
     if name not in EMBEDDED_MODELS:
         if backend == "bridge":
-            return _boot_bridge(name, device=device, dtype=dtype, **from_pretrained_kwargs)
+            model = _boot_bridge(name, device=device, dtype=dtype, **from_pretrained_kwargs)
+            record_precision(model, precision)
+            return model.eval()
         _check_model_name(name)
         try:
             model = HookedTransformer.from_pretrained_no_processing(
@@ -128,6 +143,7 @@ def load_model(
                 f"the Hub cannot be reached ({first}). Download it once with network access, or "
                 f"use the embedded {next(iter(EMBEDDED_MODELS))!r}."
             ) from err
+        record_precision(model, precision)
         return model.eval()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,16 +156,8 @@ def load_model(
         folder, dtype=torch.float32, attn_implementation="eager"
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if backend == "bridge":
-        return _boot_bridge(
-            EMBEDDED_MODELS[name],
-            hf_model=hf_model,
-            tokenizer=tokenizer,
-            device=device,
-            dtype=dtype,
-            **from_pretrained_kwargs,
-        )
-    model = HookedTransformer.from_pretrained_no_processing(
+    load = _boot_bridge if backend == "bridge" else HookedTransformer.from_pretrained_no_processing
+    model = load(
         EMBEDDED_MODELS[name],
         hf_model=hf_model,
         tokenizer=tokenizer,
@@ -157,6 +165,7 @@ def load_model(
         dtype=dtype,
         **from_pretrained_kwargs,
     )
+    record_precision(model, precision)
     return model.eval()
 
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from ssae_lens import models
 from ssae_lens._core.backend import Model
 from ssae_lens._core.io import atomic_path
+from ssae_lens._core.precision import Precision, resolve_precision
 from ssae_lens.activations import harvest_shifts
 from ssae_lens.config import ConfigError
 from ssae_lens.data.pairs import ConceptPairs, MissingColumnsError, split_indices
@@ -179,12 +180,14 @@ def harvest_shift_data(
     batch_size: int = 32,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: Precision | None = None,
 ) -> ShiftData | dict[str, ShiftData]:
     """Harvest both sides of every pair at one or more hooks (in one pass) and split them.
 
     The split is ``pairs.split_indices(test_fraction, split_seed)``; labels are
     ``pairs.label_matrix(encoding=encoding)`` (no columns for unlabelled pairs); the reference
-    directions come from the training split only (:func:`reference_directions`).
+    directions come from the training split only (:func:`reference_directions`). The model runs
+    in ``precision`` (``None``: the model's; :mod:`ssae_lens._core.precision`).
 
     Returns:
         A :class:`ShiftData`, or a dict of them by hook if ``hook_name`` is a list.
@@ -204,8 +207,14 @@ def harvest_shift_data(
         cache_dir=cache_dir,
         return_both=True,
         progress=progress,
+        precision=precision,
     )
-    meta = {"dataset": name, "model": model.cfg.model_name, "position": position}
+    meta = {
+        "dataset": name,
+        "model": model.cfg.model_name,
+        "position": position,
+        "precision": resolve_precision(model, precision),
+    }
     out = {}
     for hook in hooks:
         src, tgt = acts[hook]
@@ -276,8 +285,9 @@ def load_dataset(
 
 def experiment_data(cfg: ExperimentConfig, model: Model | None = None) -> ShiftData:
     """The shift data an :class:`~ssae_lens.config.ExperimentConfig` describes: its dataset
-    harvested at ``cfg.hook_name`` (``model``, or ``cfg.model`` loaded on ``cfg.device``) with
-    the ``harvest:`` options, or ``synthetic`` shifts from the ``synthetic:`` options."""
+    harvested at ``cfg.hook_name`` (``model``, or ``cfg.model`` loaded on ``cfg.device`` in
+    ``cfg.precision``) with the ``harvest:`` options, or ``synthetic`` shifts from the
+    ``synthetic:`` options."""
     h = cfg.harvest
     if cfg.dataset == "synthetic":
         data = synthetic_shift_data(
@@ -301,7 +311,9 @@ def experiment_data(cfg: ExperimentConfig, model: Model | None = None) -> ShiftD
                 f"--set columns.source={err.available[0] if err.available else 'NAME'}."
             ) from None
         if model is None:
-            model = models.load_model(cfg.model, backend=cfg.backend, device=cfg.device)
+            model = models.load_model(
+                cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision
+            )
         data = harvest_shift_data(
             model,
             pairs,

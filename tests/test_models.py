@@ -242,3 +242,31 @@ def test_gemma_through_the_bridge_matches_the_hooked_backend(gemma):
         _, bridged = bridge.run_with_cache(ids, attention_mask=real.long(), names_filter=hook)
     diff = (bridged[hook] - hooked[hook]).norm(dim=-1)[real]
     assert (diff < 1e-4 * hooked[hook].norm(dim=-1)[real]).all()
+
+
+@pytest.mark.slow
+def test_gemma_in_bfloat16_stays_close_to_float32(gemma):
+    """The embedded model loaded with precision="bfloat16": bfloat16 weights, recorded as its
+    precision, and activations within bfloat16 rounding of float32's (eps 2**-8 per operation,
+    18 layers: a few per cent at most); shifts are differences of large activations and lose
+    more (relative error up to ~13% measured in benchmarks/results/precision.md)."""
+    from ssae_lens._core.precision import resolve_precision
+    from ssae_lens.activations import harvest_activations, harvest_shifts
+    from ssae_lens.data import load_pairs
+
+    bf16 = models.load_model("gemma-3-270m", precision="bfloat16")
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert resolve_precision(bf16) == "bfloat16"
+    hook = "blocks.12.hook_resid_post"
+    texts = ["The capital of France is", "He is my brother and he"]
+    exact = harvest_activations(gemma, texts, hook, progress=False)
+    low = harvest_activations(bf16, texts, hook, progress=False)
+    assert low.dtype == torch.float32
+    assert ((low - exact).norm(dim=-1) < 0.03 * exact.norm(dim=-1)).all()
+    pairs = load_pairs("binary").subset(range(16))
+    cosine = torch.cosine_similarity(
+        harvest_shifts(bf16, pairs, hook, progress=False),
+        harvest_shifts(gemma, pairs, hook, progress=False),
+        dim=-1,
+    )
+    assert float(cosine.min()) > 0.98

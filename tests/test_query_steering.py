@@ -104,6 +104,32 @@ def test_steering_changes_output_identically_with_and_without_cache(tiny_model, 
     assert torch.equal(cached, uncached)
 
 
+def test_under_autocast_the_sae_runs_in_float32_and_queries_stay_bfloat16(
+    tiny_model, query_sae, protos
+):
+    """Inside a bf16-autocast pass the queries are bfloat16; the SAE still encodes and decodes
+    them in float32 and the edit is rounded once (an SAE under autocast would differ)."""
+    from ssae_lens._core.precision import autocast
+
+    tokens = tiny_model.to_tokens(["hey, is the"])
+    seen = {}
+    with autocast("bf16-autocast", "cpu"):
+        _, plain = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+        with steer_queries(tiny_model, query_sae, protos, "formal", steps=3):
+            # the unsteered query at this hook is plain[HOOK]: earlier layers are unchanged
+            seen["q"] = tiny_model.run_with_cache(tokens, names_filter=HOOK)[1][HOOK]
+    q = plain[HOOK]
+    assert q.dtype == seen["q"].dtype == torch.bfloat16
+    with torch.no_grad():
+        flat = q.flatten(-2).float()
+        codes = query_sae.encode(flat)
+        moved = move_codes(codes, protos.prototypes, protos.index("formal"), steps=3)
+        expected = flat + query_sae.decode(moved) - query_sae.decode(codes)
+    torch.testing.assert_close(
+        seen["q"], expected.to(torch.bfloat16).view_as(q), atol=0, rtol=2**-8
+    )
+
+
 def test_bad_inputs_are_named(tiny_model, query_sae, protos):
     with pytest.raises(ValueError, match="Unknown class"):
         protos.index("pirate")

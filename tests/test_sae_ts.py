@@ -236,7 +236,7 @@ def test_interpolate_scales_on_hand_curves():
 def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     base = 2.0
 
-    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
         # Loss rises as c_i * a^2 with c = |first coordinate| of each direction.
         c = directions[:, 0].abs()[:, None]
         return base + c * sweep[None] ** 2
@@ -256,7 +256,7 @@ def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model
     texts = ["The cat sat on the mat.", "hey"]
     seen = {}
 
-    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
         seen.setdefault("sweep", sweep)
         return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
 

@@ -1,5 +1,5 @@
 """generate_tokens: the lean KV-cache loop used for SAE-TS effects matches model.generate, on
-both backends (HookedTransformer and TransformerBridge)."""
+both backends (HookedTransformer and TransformerBridge) and in each precision."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_bridge, build_tiny_model
 
+from ssae_lens._core.precision import PRECISIONS, autocast
 from ssae_lens.generation import generate_tokens, sample_tokens
 from ssae_lens.steering import steer_rows
 
@@ -17,16 +18,48 @@ HOOK = "blocks.1.hook_resid_post"
 PROMPTS = ["The cat sat", "She walked to the market and", "hey", "le roi, la reine"]
 
 
-@pytest.fixture(scope="module", params=["standard", "rotary", "bridge"])
-def model(request, tiny_tokenizer):
-    if request.param == "standard":
-        return build_tiny_model(tiny_tokenizer)
-    if request.param == "bridge":  # a tiny Gemma 3 through TransformerBridge
-        request.getfixturevalue("bridge_kv_cache")
-        return request.getfixturevalue("tiny_bridge")
+# Captured activations against a full pass (atol = rtol): float32 differs only by the order
+# of float32 sums; bfloat16 by kernels that may block one-token steps differently (2**-7 is two
+# bfloat16 ulps; on the avx512_bf16 CPU these tests were written on they agree exactly).
+CAPTURE_TOL = {"float32": 1e-5, "bf16-autocast": 2**-7, "bfloat16": 2**-7}
+
+
+def build(tokenizer, kind: str, **overrides):
+    if kind == "standard":
+        return build_tiny_model(tokenizer, **overrides)
+    if kind == "bridge":  # a tiny Gemma 3 through TransformerBridge
+        bridge = build_tiny_bridge(tokenizer)
+        return bridge.to(overrides["dtype"]) if "dtype" in overrides else bridge
     return build_tiny_model(
-        tiny_tokenizer, positional_embedding_type="rotary", rotary_dim=8, normalization_type="RMS"
+        tokenizer,
+        positional_embedding_type="rotary",
+        rotary_dim=8,
+        normalization_type="RMS",
+        **overrides,
     )
+
+
+@pytest.fixture(scope="module", params=["standard", "rotary", "bridge"])
+def models(request, tiny_tokenizer):
+    """One architecture in each precision (bfloat16: the same weights, cast)."""
+    if request.param == "bridge":
+        request.getfixturevalue("bridge_kv_cache")
+    model = build(tiny_tokenizer, request.param)
+    bf16 = build(tiny_tokenizer, request.param, dtype=torch.bfloat16)
+    if request.param == "bridge":  # refused: test_a_bridge_refuses_bf16_autocast
+        return {"float32": model, "bfloat16": bf16}
+    return {"float32": model, "bf16-autocast": model, "bfloat16": bf16}
+
+
+def in_precision(models, precision):
+    if precision not in models:
+        pytest.skip(f"a TransformerBridge refuses {precision!r} (tested below)")
+    return models[precision]
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    return models["float32"]
 
 
 def steering(model, on: bool):
@@ -36,14 +69,17 @@ def steering(model, on: bool):
     return steer_rows(model, directions, HOOK, [0.0, 3.0, -2.0, 5.0])
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("steered", [False, True])
-def test_greedy_matches_model_generate_token_for_token(model, steered):
+def test_greedy_matches_model_generate_token_for_token(models, steered, precision):
+    model = in_precision(models, precision)
     with steering(model, steered):
-        expected = model.generate(
-            PROMPTS, max_new_tokens=10, do_sample=False, stop_at_eos=False,
-            verbose=False, return_type="tokens", padding_side="left",
-        )  # fmt: skip
-        tokens, acts = generate_tokens(model, PROMPTS, 10, do_sample=False)
+        with autocast(precision, "cpu"):
+            expected = model.generate(
+                PROMPTS, max_new_tokens=10, do_sample=False, stop_at_eos=False,
+                verbose=False, return_type="tokens", padding_side="left",
+            )  # fmt: skip
+        tokens, acts = generate_tokens(model, PROMPTS, 10, do_sample=False, precision=precision)
     assert acts is None
     assert torch.equal(tokens, expected)
 
@@ -101,14 +137,19 @@ def test_sampling_leaves_the_global_rng_alone(model):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("hook", [HOOK, "blocks.2.hook_resid_post"])  # the last block too
-def test_captured_activations_equal_a_full_steered_pass(model, hook):
+def test_captured_activations_equal_a_full_steered_pass(models, hook, precision):
+    model = in_precision(models, precision)
     with steering(model, True):
-        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=hook)
+        tokens, acts = generate_tokens(model, PROMPTS, 6, seed=2, capture=hook, precision=precision)
         mask = (torch.cumsum(tokens != model.tokenizer.pad_token_id, 1) > 0).long()
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook)
+        with autocast(precision, "cpu"):
+            _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook)
     assert acts.shape == (len(PROMPTS), 6, 32)
-    torch.testing.assert_close(acts, cache[hook][:, -6:], atol=1e-5, rtol=1e-5)
+    assert acts.dtype == torch.float32  # returned in float32 whatever the precision
+    tol = CAPTURE_TOL[precision]
+    torch.testing.assert_close(acts, cache[hook][:, -6:].float(), atol=tol, rtol=tol)
 
 
 def test_prompt_and_new_tokens_must_fit_the_context(model):
@@ -203,3 +244,10 @@ def test_sample_tokens_rejects_bad_options():
         sample_tokens(logits, u, top_p=1.5)
     with pytest.raises(ValueError, match="one number per row"):
         sample_tokens(logits, torch.rand(3))
+
+
+def test_a_bridge_refuses_bf16_autocast(tiny_bridge):
+    # Under autocast the bridge's Hugging Face attention mask (float32's minimum) rounds to
+    # -inf in bfloat16 and a left-padded row becomes NaN; the option is refused up front.
+    with pytest.raises(ValueError, match="cannot run a TransformerBridge.*precision='bfloat16'"):
+        generate_tokens(tiny_bridge, PROMPTS, 2, precision="bf16-autocast")

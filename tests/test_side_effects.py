@@ -1,4 +1,5 @@
-"""Library calls leave process-wide state alone: threads, the global RNG, matplotlib's backend."""
+"""Library calls leave process-wide state alone: threads, the global RNG, matplotlib's backend,
+autocast."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ PAIRS = (["The cat sat.", "He was writing."], ["The dog slept.", "He wrote a let
 TEXTS = ["The cat sat on the mat.", "She walked to the market.", "He was writing a letter."]
 
 
-def _state() -> tuple[int, torch.Tensor, str]:
-    return torch.get_num_threads(), torch.get_rng_state(), matplotlib.get_backend()
+def _state() -> tuple[int, torch.Tensor, str, bool]:
+    autocast = torch.is_autocast_enabled("cpu")
+    return torch.get_num_threads(), torch.get_rng_state(), matplotlib.get_backend(), autocast
 
 
 def _sae() -> StandardSAE:
@@ -45,6 +47,9 @@ CALLS: dict[str, Callable] = {
         progress=False,
     ),
     "harvest_shifts": lambda model, tmp: harvest_shifts(model, PAIRS, HOOK, progress=False),
+    "harvest_shifts (bf16-autocast)": lambda model, tmp: harvest_shifts(
+        model, PAIRS, HOOK, progress=False, precision="bf16-autocast"
+    ),
     "evaluate_steering": lambda model, tmp: evaluate_steering(
         model,
         SteeringVector(torch.ones(32), HOOK),
@@ -70,7 +75,8 @@ def test_call_leaves_threads_rng_and_backend_unchanged(name, tiny_model, tmp_pat
     torch.manual_seed(1234)
     before = _state()
     CALLS[name](tiny_model, tmp_path)
-    threads, rng, backend = _state()
+    threads, rng, backend, autocast = _state()
     assert threads == before[0]
     assert torch.equal(rng, before[1]), f"{name} consumed or reseeded the global RNG"
     assert backend == before[2]
+    assert autocast == before[3]

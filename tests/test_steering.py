@@ -3,7 +3,8 @@
 The reference for generation is teacher forcing: one plain forward pass over the final
 sequence (prompt + generated tokens) with a hand-written hook that edits exactly the
 columns a selector should edit. Its logits at column ``P - 1 + k`` must equal the logits
-``generate`` used for its ``k``-th token, with and without the KV cache.
+``generate`` used for its ``k``-th token, with and without the KV cache, in each precision
+(tolerances in ``PARITY_TOL``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import warnings
 
 import pytest
 import torch
-from conftest import require_kv_cache
+from conftest import build_tiny_bridge, build_tiny_model, require_kv_cache
 from sae_lens import StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from transformer_lens.model_bridge import TransformerBridge
 
 from ssae_lens._core.finite import all_finite
+from ssae_lens._core.precision import PRECISIONS, autocast
 from ssae_lens.ssae import SSAE, SSAEConfig
 from ssae_lens.steering import (
     Steering,
@@ -36,6 +38,11 @@ HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = ["The cat sat on the mat", "I love this movie"]
 N_NEW = 6
 SCALE = 8.0
+# KV-cache parity tolerance on the logits (atol = rtol): float32 differs only by the order of
+# float32 sums. In bfloat16, 2**-7 is two bfloat16 ulps, room for matrix-product kernels that
+# block a one-token decode step differently from the full pass (on the avx512_bf16 CPU these
+# tests were written on, the bfloat16 and autocast logits agree exactly).
+PARITY_TOL = {"float32": 1e-4, "bf16-autocast": 2**-7, "bfloat16": 2**-7}
 
 
 def unit(d: int, seed: int) -> torch.Tensor:
@@ -46,6 +53,15 @@ def unit(d: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module", params=["hooked", "bridge"])
 def model(request, tiny_model, tiny_bridge):
     return tiny_model if request.param == "hooked" else tiny_bridge
+
+
+@pytest.fixture(scope="module")
+def models(model, tiny_tokenizer):
+    """The model for each precision it runs in (bfloat16: the same weights, cast)."""
+    if isinstance(model, TransformerBridge):  # refuses bf16-autocast
+        return {"float32": model, "bfloat16": build_tiny_bridge(tiny_tokenizer).to(torch.bfloat16)}
+    bf16 = build_tiny_model(tiny_tokenizer, dtype=torch.bfloat16)
+    return {"float32": model, "bf16-autocast": model, "bfloat16": bf16}
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +112,9 @@ def teacher_forced_logits(model, sequences, pads, select, direction, scale, hook
         ]
     )
 
-    def add(act, hook):
-        return act + scale * chosen[..., None].to(act) * direction.to(act)
+    def add(act, hook):  # in float32, rounded once to the activations' dtype (as steer does)
+        edit = scale * chosen[..., None].float() * direction.float()
+        return (act.float() + edit).to(act.dtype)
 
     with torch.inference_mode():
         return model.run_with_hooks(sequences, attention_mask=mask, fwd_hooks=[(hook, add)])
@@ -114,33 +131,41 @@ POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "indice
 
 
 # ---------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("selector", list(SELECTORS))
-def test_generate_matches_teacher_forcing_with_and_without_cache(request, model, vector, selector):
+def test_generate_matches_teacher_forcing_with_and_without_cache(
+    request, models, vector, selector, precision
+):
+    if precision not in models:
+        pytest.skip(f"a TransformerBridge refuses {precision!r} (test_sae_ts_generation.py)")
+    model = models[precision]
     require_kv_cache(request, model)
+    tol = PARITY_TOL[precision]
     width, pads = prompt_layout(model, PROMPTS)
     n_real = (width - pads).tolist()
     runs = {}
-    for cache in (True, False):
-        with steer(model, vector, scale=SCALE, positions=POSITIONS[selector]):
-            runs[cache] = generate(model, PROMPTS, cache)
-        assert_clean(model)
-    assert torch.equal(runs[True].sequences, runs[False].sequences)
+    with autocast(precision, "cpu"):
+        for cache in (True, False):
+            with steer(model, vector, scale=SCALE, positions=POSITIONS[selector]):
+                runs[cache] = generate(model, PROMPTS, cache)
+            assert_clean(model)
+        assert torch.equal(runs[True].sequences, runs[False].sequences)
 
-    select = SELECTORS[selector](width, n_real)
-    reference = teacher_forced_logits(
-        model, runs[True].sequences, pads, select, vector.direction, SCALE
-    )
-    for cache, out in runs.items():
-        for k, step_logits in enumerate(out.logits):
-            torch.testing.assert_close(
-                step_logits,
-                reference[:, width - 1 + k],
-                atol=1e-4,
-                rtol=1e-4,
-                msg=f"step {k}, cache={cache}",
-            )
+        select = SELECTORS[selector](width, n_real)
+        reference = teacher_forced_logits(
+            model, runs[True].sequences, pads, select, vector.direction, SCALE
+        )
+        for cache, out in runs.items():
+            for k, step_logits in enumerate(out.logits):
+                torch.testing.assert_close(
+                    step_logits,
+                    reference[:, width - 1 + k],
+                    atol=tol,
+                    rtol=tol,
+                    msg=f"step {k}, cache={cache}",
+                )
 
-    unsteered = generate(model, PROMPTS, cache=True)
+        unsteered = generate(model, PROMPTS, cache=True)
     assert not torch.equal(runs[True].sequences, unsteered.sequences), "steering had no effect"
 
 
@@ -254,6 +279,36 @@ def test_operators_match_hand_formulas(model, operator):
         assert (steered[HOOK] @ u).max() <= scale + 1e-5
         assert (projection > scale).any() and (projection < scale).any()
     torch.testing.assert_close(steered[HOOK], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("operator", ["add", "ablate_then_add", "projection_cap"])
+def test_bfloat16_activations_get_the_float32_edit_rounded_once(models, operator):
+    """In a bfloat16 model the edit is computed in float32 and rounded once: the steered
+    activations are the float64 hand formula rounded to bfloat16, and stay bfloat16."""
+    model = models["bfloat16"]
+    v = 3.0 * unit(32, 1)
+    u = (v / v.norm()).double()
+    scale = 0.37
+    tokens = model.to_tokens(PROMPTS[0])
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    x = plain[HOOK].double()
+    with steer(model, SteeringVector(v, HOOK), scale=scale, operator=operator):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    if operator == "add":
+        expected = x + scale * v.double()
+    elif operator == "ablate_then_add":
+        expected = x - (x @ u)[..., None] * u + scale * v.double()
+    else:
+        projection = x @ u
+        expected = x - (projection - scale).clamp_min(0)[..., None] * u
+    assert steered[HOOK].dtype == torch.bfloat16
+    rounded = expected.to(torch.bfloat16)
+    differs = steered[HOOK] != rounded
+    # float32 arithmetic moves a value across a bfloat16 rounding boundary only when the
+    # exact result lies within float32 error of it: one bfloat16 ulp there, nowhere else.
+    assert differs.float().mean() < 0.01
+    ulp = rounded.double().abs() * 2**-7
+    assert ((steered[HOOK].double() - rounded.double()).abs()[differs] <= ulp[differs]).all()
 
 
 def test_several_vectors_each_with_its_own_settings(model):

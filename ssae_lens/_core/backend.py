@@ -115,6 +115,8 @@ class Backend(ABC):
 
     name: ClassVar[str]
     """``"hooked"`` or ``"bridge"``: the value of ``load_model(..., backend=)``."""
+    no_autocast: ClassVar[str | None] = None
+    """Why ``precision="bf16-autocast"`` cannot run this backend (``None``: it can)."""
 
     def __init__(self, model: Model):
         self.model = model
@@ -236,6 +238,10 @@ class _Hooked(Backend):
 class _Bridge(Backend):
     name = "bridge"
     model: TransformerBridge
+    no_autocast = (
+        "Hugging Face's attention masks padding with float32's most negative number, which "
+        "autocast rounds to -inf in bfloat16, so a left-padded row turns into NaN"
+    )
 
     def check_steerable(self, hook_name: str) -> None:
         if hook_name.endswith("hook_resid_mid"):

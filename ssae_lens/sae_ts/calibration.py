@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssae_lens._core.backend import Model
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 from ssae_lens.sae_ts._checks import check_directions
 from ssae_lens.steering import steer_rows
@@ -28,6 +29,7 @@ def calibrate_scales(
     target_loss_increase: float = 0.5,
     scales: Sequence[float] | Tensor | None = None,
     batch_size: int = 32,
+    precision: Precision | None = None,
 ) -> Float[Tensor, " n"]:
     """Per direction, the scale at which the LM loss on ``reference_texts`` rises by a target.
 
@@ -37,6 +39,8 @@ def calibrate_scales(
     activation norm at the hook). The scale is then read off the curve by linear
     interpolation (:func:`interpolate_scales`). Directions whose loss never rises by
     ``target_loss_increase`` get the largest swept scale and a warning naming them.
+    The forward passes run in ``precision`` (``None``: the model's); the losses and norms are
+    computed in float32.
 
     Returns:
         ``(n,)`` float32 scales on the CPU.
@@ -48,14 +52,17 @@ def calibrate_scales(
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
     tokens, mask = _right_padded(model, texts)
+    precision = resolve_precision(model, precision)
     if scales is None:
-        scales = _default_scale_sweep(model, hook_name, tokens, mask)
+        scales = _default_scale_sweep(model, hook_name, tokens, mask, precision)
     sweep = torch.as_tensor(scales, dtype=torch.float32).flatten()
     if sweep.numel() == 0 or not bool((sweep > 0).all()) or not bool((sweep.diff() > 0).all()):
         raise ValueError(f"scales must be positive and increasing, got {sweep.tolist()}.")
-    losses = _steered_losses(model, directions, hook_name, tokens, mask, sweep, batch_size)
+    losses = _steered_losses(
+        model, directions, hook_name, tokens, mask, sweep, batch_size, precision
+    )
     base = _steered_losses(
-        model, directions[:1] * 0, hook_name, tokens, mask, sweep[:1], batch_size
+        model, directions[:1] * 0, hook_name, tokens, mask, sweep[:1], batch_size, precision
     )[0, 0]
     result, reached = interpolate_scales(sweep, losses - base, target_loss_increase)
     if not bool(reached.all()):
@@ -110,6 +117,7 @@ def _steered_losses(
     mask: Tensor,
     sweep: Tensor,
     batch_size: int,
+    precision: Precision,
 ) -> Float[Tensor, "n k"]:
     """Mean per-token loss on the texts for every (direction, scale) pair."""
     n, k, t = directions.shape[0], sweep.shape[0], tokens.shape[0]
@@ -120,7 +128,8 @@ def _steered_losses(
     for lo in tqdm(range(0, len(rows), batch_size), desc="calibrating scales", disable=None):
         sel = slice(lo, lo + batch_size)
         vec, step, txt = rows[sel, 0], rows[sel, 1], text[sel]
-        with steer_rows(model, directions[vec], hook_name, sweep[step]):
+        steering = steer_rows(model, directions[vec], hook_name, sweep[step])
+        with steering, autocast(precision, model.cfg.device):
             logits = model(tokens[txt], attention_mask=mask[txt])
         logp = logits[:, :-1].float().log_softmax(-1)
         nll = -logp.gather(-1, tokens[txt][:, 1:, None]).squeeze(-1)
@@ -139,8 +148,11 @@ def _right_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _default_scale_sweep(model: Model, hook_name: str, tokens: Tensor, mask: Tensor) -> Tensor:
-    _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook_name)
-    acts = cache[hook_name].reshape(*tokens.shape, -1)
+def _default_scale_sweep(
+    model: Model, hook_name: str, tokens: Tensor, mask: Tensor, precision: Precision
+) -> Tensor:
+    with autocast(precision, tokens.device):
+        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=hook_name)
+    acts = cache[hook_name].reshape(*tokens.shape, -1).float()
     norm = float(acts.norm(dim=-1)[mask.bool()].mean())
     return norm * torch.logspace(math.log10(0.05), math.log10(4.0), 12)

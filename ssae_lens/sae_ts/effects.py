@@ -31,6 +31,7 @@ from ssae_lens._core.cache import (
     tensor_digest,
 )
 from ssae_lens._core.hooks import check_hook_names, dictionary_hook_name, hook_layer
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens.generation import generate_tokens
 from ssae_lens.sae_ts._checks import check_directions, per_row_scales
 from ssae_lens.sae_ts.vectors import Target, target_tensor
@@ -38,7 +39,8 @@ from ssae_lens.steering import steer_rows
 
 __all__ = ["measure_effects", "side_effect_ratio"]
 
-_CACHE_FORMAT = 2  # 2: full model and SAE hashes, prompt token ids, checksummed chunks
+# 2: full model and SAE hashes, prompt token ids, checksummed chunks; 3: the precision
+_CACHE_FORMAT = 3
 
 
 def measure_effects(
@@ -58,6 +60,7 @@ def measure_effects(
     temperature: float = 1.0,
     steer_readout: bool = False,
     chunk_size: int = 64,
+    precision: Precision | None = None,
 ) -> Float[Tensor, "n d_sae"]:
     """Effect of each steering direction on the mean SAE feature activations.
 
@@ -103,11 +106,15 @@ def measure_effects(
         temperature: sampling temperature.
         steer_readout: keep the steering on while reading the features of the rollouts.
         chunk_size: directions per cache file.
+        precision: the precision of the model's forward passes (generation and readout;
+            ``None``: the model's); the SAE encodes in its own dtype, and the effects are
+            float32 whatever the precision.
 
     Returns:
         ``(n, d_sae)`` float32 effects on the CPU.
     """
     hook_name = _effect_hook(model, sae, hook_name)
+    precision = resolve_precision(model, precision)
     directions = check_directions(directions)
     n = directions.shape[0]
     scale_t = per_row_scales(scales, n)
@@ -134,6 +141,7 @@ def measure_effects(
         seed=seed,
         generate_kwargs=dict(do_sample=do_sample, temperature=temperature),
         steer_readout=steer_readout,
+        precision=precision,
     )
     settings = dict(
         format=_CACHE_FORMAT,
@@ -154,6 +162,7 @@ def measure_effects(
         do_sample=do_sample,
         temperature=temperature,
         steer_readout=steer_readout,
+        precision=precision,
         sampling="common uniforms per rollout",
     )
     store = None
@@ -201,6 +210,7 @@ class _Rollouts:
     seed: int
     generate_kwargs: dict[str, Any]
     steer_readout: bool
+    precision: Precision
 
     @torch.no_grad()
     def mean_features(
@@ -231,6 +241,7 @@ class _Rollouts:
                     self.max_new_tokens,
                     uniforms=None if uniforms is None else uniforms[idx % per],
                     capture=self.hook_name if self.steer_readout else None,
+                    precision=self.precision,
                     **self.generate_kwargs,
                 )
             if acts is None:  # unsteered readout of the steered text
@@ -247,7 +258,7 @@ class _Rollouts:
         captured: list[Tensor] = []
         layer = hook_layer(self.hook_name)
         grab = [(self.hook_name, lambda act, hook: captured.append(act.detach()))]
-        with self.model.hooks(fwd_hooks=grab):
+        with self.model.hooks(fwd_hooks=grab), autocast(self.precision, lm.device):
             lm.run_to_layer(tokens, mask, None if layer is None else layer + 1)
         return captured[0][:, -self.max_new_tokens :]
 

@@ -58,6 +58,7 @@ from ssae_lens._core.cache import (
     write_cached_folder,
 )
 from ssae_lens._core.hooks import check_hook_names
+from ssae_lens._core.precision import Precision, resolve_precision
 from ssae_lens._core.rng import scoped_seed
 from ssae_lens.activations import harvest_activations
 from ssae_lens.data.builtin import SENTENCE_ATTRIBUTES, language_pairs, sentence_pairs
@@ -89,7 +90,8 @@ CORPUS_PROMPTS: tuple[str, ...] = (
 )
 """Prompts whose sampled continuations make up the generated part of the default corpus."""
 
-_FORMAT_VERSION = 3  # 2: b_dec at the activation mean; 3: corpus sampled with shared uniforms
+# 2: b_dec at the activation mean; 3: corpus sampled with shared uniforms; 4: the precision
+_FORMAT_VERSION = 4
 
 
 def reference_corpus(
@@ -100,6 +102,7 @@ def reference_corpus(
     n_sentences: int = 2_000,
     seed: int = 0,
     batch_size: int = 16,
+    precision: Precision | None = None,
 ) -> list[str]:
     """An offline text corpus: model rollouts plus the package's sentences and words.
 
@@ -111,6 +114,7 @@ def reference_corpus(
             :func:`ssae_lens.data.builtin.sentence_pairs` over all attributes.
         seed: seed of the sampling and of the sentence draw.
         batch_size: continuations per ``generate`` call.
+        precision: the precision of the generation (``None``: the model's).
 
     Returns:
         The texts: generations (prompt included), sentences, then English and French words.
@@ -120,7 +124,7 @@ def reference_corpus(
     starts = range(0, len(prompts), batch_size)
     for b, start in enumerate(tqdm(starts, desc="corpus rollouts", disable=None)):
         chunk = prompts[start : start + batch_size]
-        out, _ = generate_tokens(model, chunk, generated_tokens, seed=seed + b)
+        out, _ = generate_tokens(model, chunk, generated_tokens, seed=seed + b, precision=precision)
         width = out.shape[1] - generated_tokens
         generated += model.to_string(out[:, width:])
     generated = [p + t for p, t in zip(prompts, generated, strict=True)]
@@ -151,6 +155,7 @@ def train_reference_sae(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    precision: Precision | None = None,
 ) -> SAE:
     """Train (or load from the cache) a SAELens SAE on a model's activations at one hook.
 
@@ -182,6 +187,9 @@ def train_reference_sae(
         cache_dir: root cache folder; default :func:`ssae_lens.models.cache_root`. The SAE is
             kept in ``<cache_dir>/saes/<key>``.
         device: device to train on.
+        precision: the precision the model writes the corpus and is read in (``None``: the
+            model's; for a name, ``load_model``'s default float32). The SAE trains in float32
+            on float32 activations either way; the cache key names the precision.
 
     Returns:
         An inference ``SAE`` whose ``cfg.metadata.hook_name`` is ``hook_name``.
@@ -191,7 +199,11 @@ def train_reference_sae(
         raise ValueError("corpus_options only shape the default corpus: pass texts or them.")
     if texts is not None and (isinstance(texts, str) or not texts):
         raise ValueError("texts must be a non-empty list of strings (wrap one text: [text]).")
-    model = load_model(model_name, device=device)
+    if isinstance(model_name, str):
+        model = load_model(model_name, device=device, precision=precision)
+    else:
+        model = load_model(model_name)
+    precision = resolve_precision(model, precision)
     hook_name = check_hook_names(model, hook_name)[0]
     refuse_active_hooks(model, what="train_reference_sae")
 
@@ -199,6 +211,7 @@ def train_reference_sae(
         format_version=_FORMAT_VERSION,
         model=model_fingerprint(model),
         model_name=model.cfg.model_name,
+        precision=precision,
         hook_name=hook_name,
         architecture=architecture,
         d_sae=d_sae,
@@ -219,9 +232,15 @@ def train_reference_sae(
         return SAE.load_from_disk(folder, device=str(device))
 
     if texts is None:
-        texts = reference_corpus(model, seed=seed, **(corpus_options or {}))
+        texts = reference_corpus(model, seed=seed, precision=precision, **(corpus_options or {}))
     acts = harvest_activations(
-        model, list(texts), hook_name, position="all", include_bos=False, progress=True
+        model,
+        list(texts),
+        hook_name,
+        position="all",
+        include_bos=False,
+        progress=True,
+        precision=precision,
     )
     sae = train_sae(
         acts,

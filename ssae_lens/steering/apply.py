@@ -364,22 +364,27 @@ class _Intervention:
                 f"width {flat.shape[-1]} (shape {tuple(activation.shape)}): use a vector "
                 "built for this hook point and model."
             )
-        direction = _rows(self.direction, batch, "directions", self.hook_name).to(flat)
-        scale = _rows(self.scale, batch, "scales", self.hook_name).to(flat)
+        # The edit is computed in float32 (or the activations' wider dtype) and rounded once to
+        # the activations' dtype, so a bfloat16 residual stream stays bfloat16 and the same
+        # column gets the same bits with or without the KV cache.
+        work = torch.promote_types(flat.dtype, torch.float32)
+        x = flat.to(work)
+        direction = _rows(self.direction, batch, "directions", self.hook_name)
+        scale = _rows(self.scale, batch, "scales", self.hook_name)
         assert self.tracker is not None, "hook fired outside a SteeringHandle"
         selected = self._select(self.tracker.current(batch, n, flat), batch)
-        v = direction[:, None, :]
-        s = scale[:, None, None]
+        v = direction.to(x)[:, None, :]
+        s = scale.to(x)[:, None, None]
         if self.operator == "add":
-            edited = flat + s * v
+            edited = x + s * v
         else:
             unit = v / v.norm(dim=-1, keepdim=True)
-            along = (flat * unit).sum(-1, keepdim=True)
+            along = (x * unit).sum(-1, keepdim=True)
             if self.operator == "ablate_then_add":
-                edited = flat - along * unit + s * v
+                edited = x - along * unit + s * v
             else:
-                edited = flat - (along - s).clamp_min(0) * unit
-        out = torch.where(selected[..., None], edited, flat)
+                edited = x - (along - s).clamp_min(0) * unit
+        out = torch.where(selected[..., None], edited.to(flat.dtype), flat)
         if not all_finite(out):
             before = all_finite(flat)
             raise FloatingPointError(

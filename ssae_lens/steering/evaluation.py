@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from ssae_lens._core.backend import Model
 from ssae_lens._core.io import save_figure
+from ssae_lens._core.precision import Precision, resolve_precision
 from ssae_lens.generation import generate_texts
 from ssae_lens.steering.apply import POSITION_NAMES, steer
 from ssae_lens.steering.bootstrap import (
@@ -351,6 +352,7 @@ def evaluate_steering(
     n_bootstrap: int = 1000,
     bootstrap_seed: int = 0,
     level: float = 0.95,
+    precision: Precision | None = None,
 ) -> SteeringEvaluation:
     """Sweep steering scales and score the generations.
 
@@ -386,6 +388,8 @@ def evaluate_steering(
         n_bootstrap: bootstrap replicates (resampling the prompt x sample continuations).
         bootstrap_seed: seeds the bootstrap's own ``torch.Generator``.
         level: coverage of the percentile intervals.
+        precision: the precision of generation and of the default coherence scorer
+            (``None``: the model's).
 
     Returns:
         A ``SteeringEvaluation`` with the per-scale table, the metric and every sample.
@@ -409,6 +413,7 @@ def evaluate_steering(
             n_bootstrap=n_bootstrap,
             bootstrap_seed=bootstrap_seed,
             level=level,
+            precision=precision,
         ),
     )
     return sweep.evaluate(vector, scales)
@@ -453,7 +458,7 @@ _DEFAULTS: dict[str, Any] = {
 }
 """The options of a sweep and their defaults, as ``evaluate_steering`` declares them."""
 _BOOTSTRAP = ("metric", "n_bootstrap", "bootstrap_seed", "level")
-_GENERATION = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p")
+_GENERATION = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "precision")
 
 
 class _Sweep:
@@ -474,9 +479,12 @@ class _Sweep:
         self.model = model
         self.prompts = _check_prompts(prompts)
         _check_settings(settings)
+        settings["precision"] = resolve_precision(model, settings["precision"])
         self.settings = settings
         self.behavior_scorer = behavior_scorer
-        self.coherence_scorer = coherence_scorer or LikelihoodCoherenceScorer(model)
+        self.coherence_scorer = coherence_scorer or LikelihoodCoherenceScorer(
+            model, precision=settings["precision"]
+        )
         n_samples, batch_size = settings["n_samples"], settings["batch_size"]
         self.units = [(i, j) for i in range(len(self.prompts)) for j in range(n_samples)]
         self.chunks = [

@@ -148,20 +148,23 @@ def steer_queries(
     protos = prototypes.prototypes.to(sae.W_enc.device, sae.W_enc.dtype)
 
     def edit(q: Float[Tensor, "batch pos head d_head"], hook: Any) -> Tensor:
-        flat = q.flatten(-2).to(sae.W_enc.dtype)
-        codes = sae.encode(flat)
-        moved = move_codes(
-            codes,
-            protos,
-            t,
-            steps=steps,
-            step_size=step_size,
-            loss=loss,
-            nonnegative=nonnegative,
-            temperature=temperature,
-        )
-        delta = sae.decode(moved) - sae.decode(codes)
-        return q + delta.to(q.dtype).view_as(q)
+        # The SAE runs in its own dtype, also inside a bf16-autocast forward pass; the edited
+        # queries are rounded once to the queries' dtype.
+        with torch.autocast(q.device.type, enabled=False):
+            flat = q.flatten(-2).to(sae.W_enc.dtype)
+            codes = sae.encode(flat)
+            moved = move_codes(
+                codes,
+                protos,
+                t,
+                steps=steps,
+                step_size=step_size,
+                loss=loss,
+                nonnegative=nonnegative,
+                temperature=temperature,
+            )
+            delta = sae.decode(moved) - sae.decode(codes)
+            return (flat + delta).to(q.dtype).view_as(q)
 
     with model.hooks(fwd_hooks=[(hook, edit)]):
         yield

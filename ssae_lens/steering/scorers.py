@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssae_lens._core.backend import Model
+from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens.activations import harvest_activations
 
 __all__ = [
@@ -113,6 +114,7 @@ class LikelihoodCoherenceScorer:
         fluent_nll: the loss that scores fluency 1, in nats per token.
         ngram: n-gram order of the repetition penalty.
         batch_size: texts per forward pass.
+        precision: the precision of the forward passes (``None``: the model's).
     """
 
     def __init__(
@@ -122,8 +124,10 @@ class LikelihoodCoherenceScorer:
         fluent_nll: float = 0.0,
         ngram: int = 2,
         batch_size: int = 8,
+        precision: Precision | None = None,
     ):
         self.model = model
+        self.precision = resolve_precision(model, precision)
         self.log_vocab = math.log(model.cfg.d_vocab)
         if not 0.0 <= fluent_nll < self.log_vocab:
             raise ValueError(
@@ -186,7 +190,8 @@ class LikelihoodCoherenceScorer:
         batch = torch.zeros(len(pairs), length, dtype=torch.long)
         for i, (p, c) in enumerate(pairs):
             batch[i, : len(p) + len(c)] = torch.cat([p, c])
-        logits = self.model(batch.to(self.model.cfg.device), return_type="logits")
+        with autocast(self.precision, self.model.cfg.device):
+            logits = self.model(batch.to(self.model.cfg.device), return_type="logits")
         out = []
         for i, (p, c) in enumerate(pairs):
             if len(c) == 0:
