@@ -84,7 +84,8 @@ def describe_dictionary(identity: Mapping[str, Any]) -> str:
         where = "an SAE of unrecorded origin"
     return (
         f"{where}: {identity.get('architecture')} {identity.get('d_in')} -> "
-        f"{identity.get('d_sae')} at {identity.get('hook_name')} of {identity.get('model_name')}"
+        f"{identity.get('d_sae')} at {identity.get('hook_name')} of "
+        f"{identity.get('model_name') or 'an unrecorded model'}"
     )
 
 

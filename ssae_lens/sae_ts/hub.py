@@ -267,7 +267,8 @@ def _usage(repo_id: str, ordered: list[tuple[tuple[str, str], Mapping[str, Any]]
         cls = "EffectData" if kind == "effect data" else "EffectModel"
         name = "data" if kind == "effect data" else "effect_model"
         lines.append(f'{name} = {cls}.from_pretrained("{repo_id}", sae=sae{sub})')
-    if any(kind == "effect data" for (_, kind), _ in ordered):
+    kinds = {kind for (_, kind), _ in ordered}
+    if "effect data" in kinds and "effect model" not in kinds:
         lines.append("effect_model, report = data.fit()")
     lines.append("vector = sae_ts_vector(effect_model, {feature: 1.0})")
     return lines
