@@ -266,6 +266,24 @@ def test_config_errors_are_one_line(run, args, code, message):
     assert "Traceback" not in result.output
 
 
+def test_errors_under_torchrun_are_recorded_for_its_failure_summary(tmp_path, monkeypatch):
+    error_file = tmp_path / "error.json"  # torchrun gives each rank such a file
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test-run")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: tiny\n")
+    result = _invoke("effects", config, "--set", "effects.sae_release=x")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: effects: sae_release and sae_id go together (SAE.from_pretrained)."
+    ]
+    recorded = json.loads(error_file.read_text())["message"]["message"]
+    assert (
+        recorded
+        == "ConfigError: effects: sae_release and sae_id go together (SAE.from_pretrained)."
+    )
+
+
 def test_missing_files_are_one_line(run, tmp_path):
     for args in (
         ["harvest", tmp_path / "nope.yaml"],
