@@ -21,6 +21,7 @@ from ssae_lens.distributed import (
     TIMEOUT_ENV,
     ChunkStore,
     DistributedContext,
+    compute_chunks,
     current,
     process_group,
     run_sharded,
@@ -157,6 +158,55 @@ def test_single_process_error_propagates_unchanged(tmp_path):
 
     with pytest.raises(KeyError, match="boom"):
         run_sharded(compute, ChunkStore(tmp_path, {}, 4, 2), ctx=_single())
+
+
+def test_compute_chunks_in_memory_and_in_a_store_agree_and_resume(tmp_path):
+    made = []
+
+    def baseline() -> dict[str, torch.Tensor]:
+        made.append("baseline")
+        return {"x": torch.arange(3.0)}
+
+    compute, calls = _counting(item_rows)
+    in_memory, named = compute_chunks(compute, N_ITEMS, CHUNK, entries={"base": baseline})
+    assert calls == CHUNKS and made == ["baseline"]
+    assert torch.equal(in_memory["rows"], item_rows(range(N_ITEMS))["rows"])
+    assert torch.equal(named["base"]["x"], torch.arange(3.0))
+
+    def stored() -> ChunkStore:
+        return ChunkStore(tmp_path / "s", {"task": "rows"}, N_ITEMS, CHUNK)
+
+    compute, calls = _counting(item_rows)
+    kept, named = compute_chunks(
+        compute, N_ITEMS, CHUNK, store=stored(), entries={"base": baseline}
+    )
+    assert calls == CHUNKS and made == ["baseline"] * 2
+    assert torch.equal(kept["rows"], in_memory["rows"])
+    compute, calls = _counting(item_rows)
+    again, named = compute_chunks(
+        compute, N_ITEMS, CHUNK, store=stored(), entries={"base": baseline}
+    )
+    assert calls == [] and made == ["baseline"] * 2  # all on disk, the entry too
+    assert torch.equal(again["rows"], in_memory["rows"])
+    assert torch.equal(named["base"]["x"], torch.arange(3.0))
+    with pytest.raises(ValueError, match="holds 23 items, not 5"):
+        compute_chunks(item_rows, 5, CHUNK, store=stored())
+
+
+def test_several_machines_need_a_shared_folder(tmp_path, monkeypatch):
+    """Without a store, ranks on several machines (LOCAL_WORLD_SIZE < WORLD_SIZE) would each
+    write to their own temporary folder: refused before any work, naming the fix."""
+    store = torch.distributed.FileStore(str(tmp_path / "rendezvous"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        two = DistributedContext(0, 2, 0, torch.device("cpu"), 10.0)
+        compute, calls = _counting(item_rows)
+        with pytest.raises(ValueError, match="several machines .* pass cache_dir"):
+            compute_chunks(compute, N_ITEMS, CHUNK, ctx=two)
+        assert calls == []
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------ torchrun
