@@ -19,15 +19,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Default suite (unit tests on tiny models), then the real-model tests, then the
-# tutorials executed top to bottom (nbmake).
+# Line and branch coverage of the package (pytest-cov).
+COV := --cov=ssae_lens --cov-branch --cov-report=term
+
+# Default suite (unit tests on tiny models) with its coverage, then the real-model tests
+# (the coverage report after them is of both suites together), then the tutorials
+# executed top to bottom (nbmake).
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "not slow" $(COV)
+	$(PY) -m pytest -q -m slow $(COV) --cov-append
 	$(PY) -m pytest -q --nbmake tutorials
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(COV)
 
 test-all: test
 
@@ -47,4 +51,4 @@ paper: $(STAMP)
 	$(PY) benchmarks/paper.py --config configs/paper.yaml
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .coverage

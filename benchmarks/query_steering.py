@@ -101,10 +101,8 @@ def main() -> None:
         )
         plot = result.plot(RESULTS / f"query_steering_{attribute}.png")
         lines += [f"## Target: {target} ({attribute})", "", result.to_markdown(), ""]
-        best = max(result.results, key=lambda r: r.score)
-        for s in result.samples:
-            if s.scale == best.scale:
-                lines.append(f"- `{s.prompt}` -> unsteered: {s.unsteered!r}; steered: {s.text!r}")
+        for s in result.samples_at(result.best_scale):
+            lines.append(f"- `{s.prompt}` -> unsteered: {s.unsteered!r}; steered: {s.text!r}")
         lines += ["", f"Plot: `{plot.name}`", ""]
         print("\n".join(lines[-8:]), flush=True)
     lines.append(f"Total time: {time.perf_counter() - start:.0f} s on CPU.")

@@ -52,10 +52,12 @@ if TYPE_CHECKING or not _command_line_process():
     from ssae_lens.saes import reference_corpus, train_reference_sae
     from ssae_lens.ssae import (
         SSAE,
+        SAELoadError,
         SSAEConfig,
         SSAETrainer,
         TrainingSSAE,
         TrainingSSAEConfig,
+        load,
         train_ssae,
     )
     from ssae_lens.steering import SteeringVector, caa_vector, steer, steer_rows
@@ -77,6 +79,7 @@ else:
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAELoadError",
     "SSAE",
     "ConceptPairs",
     "ConfigError",
@@ -94,6 +97,7 @@ __all__ = [
     "harvest_activations",
     "harvest_shifts",
     "list_pairs",
+    "load",
     "load_config",
     "load_pairs",
     "model_fingerprint",

@@ -52,6 +52,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags show no "<bool>" value they do not take
 )
 
 SHIFTS_FILENAME = "shifts.safetensors"
@@ -60,7 +61,7 @@ EFFECTS_FILENAME = "effects.safetensors"
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/).")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key: key=value (repeatable)."),
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key (repeatable)."),
 ]
 
 
@@ -74,17 +75,16 @@ def _fail(message: str, code: int, error: BaseException) -> None:
 
 
 def _clean_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Report a bad config (exit 2) or bad input (exit 1) as one line instead of a traceback."""
+    """Report a user's mistake (a bad config, value or file; a model that cannot be loaded) as
+    one line naming it, with exit status 2, instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
-        except ConfigError as e:
-            _fail(str(e), 2, e)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            _fail(str(message).splitlines()[0] if str(message) else type(e).__name__, 1, e)
+        except (ValueError, KeyError, OSError) as e:  # ConfigError is a ValueError
+            message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+            _fail(message.splitlines()[0] if message else type(e).__name__, 2, e)
 
     return wrapper
 
@@ -169,13 +169,9 @@ def _ssae_dirs(cfg: ExperimentConfig, ssae: list[Path] | None) -> list[Path]:
 
 
 def _load_sae(path: Path) -> SAE:
-    from sae_lens import SAE
+    from ssae_lens.ssae.loading import load  # registers the "ssae" architecture with SAELens
 
-    import ssae_lens.ssae  # noqa: F401  (registers the "ssae" architecture with SAELens)
-
-    if not (path / "cfg.json").exists():
-        raise FileNotFoundError(f"{path} is not a SAELens SAE folder (no cfg.json).")
-    return SAE.load_from_disk(path)
+    return load(path)
 
 
 # ------------------------------------------------------------------------------ commands
@@ -220,10 +216,14 @@ def train(
     tcfg = cfg.training_config(d_in=data.shifts_tr.shape[1])
     out = _results_dir(cfg, "train")
     for seed in cfg.seeds:
-        sae = train_ssae(data.shifts_tr, tcfg, seed=seed)
-        sae.cfg.metadata.model_name = data.metadata.get("model", cfg.model)
-        sae.cfg.metadata.hook_name = data.metadata.get("hook_name", cfg.hook_name)
-        sae.cfg.metadata.dataset = data.metadata.get("dataset", cfg.dataset)
+        sae = train_ssae(
+            data.shifts_tr,
+            tcfg,
+            seed=seed,
+            model_name=data.metadata.get("model", cfg.model),
+            hook_name=data.metadata.get("hook_name", cfg.hook_name),
+            dataset=data.metadata.get("dataset", cfg.dataset),
+        )
         folder = out / f"seed{seed}"
         with atomic_dir(folder, exists="replace") as tmp:
             sae.save_model(tmp)
@@ -243,13 +243,21 @@ def evaluate(
 ) -> None:
     """Seed agreement (MCC), concept alignment, steering accuracy and label MCC, as JSON.
 
+    Each SSAE's own numbers are also stored with it (``metadata.metrics`` in its cfg.json),
+    where ``publish`` reads them for the model card.
+
     Example: ssae-lens evaluate configs/binary.yaml
     """
     from ssae_lens.compare import evaluate_ssaes
 
     cfg = _experiment(config, set_)
-    saes = [_load_sae(p) for p in _ssae_dirs(cfg, ssae)]
-    metrics = evaluate_ssaes(saes, _shift_data(cfg, shifts))
+    folders = _ssae_dirs(cfg, ssae)
+    saes = [_load_sae(p) for p in folders]
+    data = _shift_data(cfg, shifts)
+    metrics = evaluate_ssaes(saes, data)
+    for i, (folder, sae) in enumerate(zip(folders, saes, strict=True)):
+        sae.cfg.metadata.metrics = _own_metrics(metrics, i, data)
+        write_text_atomic(folder / "cfg.json", json.dumps(sae.cfg.to_dict()))
     out = _results_dir(cfg, "evaluate")
     path = write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     for key, value in metrics.items():
@@ -263,7 +271,7 @@ def steer(
     config: ConfigArg,
     set_: SetOpt = None,
     ssae: Annotated[
-        Path | None, typer.Option(help="SSAE folder; steer with column `steer.latent`.")
+        Path | None, typer.Option(help="SSAE folder; steer with decoder row `steer.latent`.")
     ] = None,
     vector: Annotated[Path | None, typer.Option(help="A saved SteeringVector folder.")] = None,
 ) -> None:
@@ -289,7 +297,7 @@ def steer(
             )
         vec = SteeringVector.from_ssae(sae, cfg.steer.latent, hook_name=cfg.hook_name)
     model = models.load_model(cfg.model, device=cfg.device)
-    if scale is None:  # an SSAE column: a fraction of the typical shift
+    if scale is None:  # an SSAE decoder row: a fraction of the typical shift
         scale = cfg.steer.scale_fraction * _shift_data(cfg, None, model).median_shift_norm()
     vec.check_compatible(model)
 
@@ -358,6 +366,9 @@ def publish(
 ) -> None:
     """Write the SAELens Hub layout with a model card and upload it to the Hugging Face Hub.
 
+    The card lists every dictionary in the repository with the model, hook point, dataset and
+    metrics recorded in its own cfg.json (by `train` and `evaluate`).
+
     Example: ssae-lens publish configs/binary.yaml --set publish.repo_id=me/ssae-binary --dry-run
     """
     from ssae_lens.publish import publish as publish_sae
@@ -366,9 +377,6 @@ def publish(
     if not cfg.publish.repo_id:
         raise ConfigError("publish.repo_id is not set; e.g. --set publish.repo_id=user/name.")
     sae = _load_sae(ssae if ssae is not None else _ssae_dirs(cfg, None)[0])
-    metrics_file = Path(cfg.out_dir) / "evaluate" / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    shown = {k: v for k, v in metrics.items() if not k.endswith("_pairs")}
     out = _results_dir(cfg, "publish")
     dry = dry_run or cfg.publish.dry_run
     written = publish_sae(
@@ -377,7 +385,6 @@ def publish(
         cfg.publish.sae_id or sae.cfg.metadata.hook_name or cfg.hook_name,
         out_dir=out / cfg.publish.repo_id.replace("/", "--"),
         dry_run=dry,
-        card_info={"model": cfg.model, "dataset": cfg.dataset, "metrics": shown},
     )
     action = "Written (dry run, nothing uploaded)" if dry else f"Uploaded to {cfg.publish.repo_id}"
     typer.echo(f"{action}: {written}\nConfig: {out / 'config.yaml'}")
@@ -608,6 +615,18 @@ def _spread(directions: Any, k: int) -> Any:
 
 
 # ------------------------------------------------------------------------------- helpers
+
+
+def _own_metrics(metrics: dict[str, Any], i: int, data: ShiftData) -> dict[str, Any]:
+    """SSAE ``i``'s entries of :func:`~ssae_lens.compare.evaluate_ssaes`'s metrics (the
+    seed agreement is shared by the SSAEs evaluated together) and what they were computed on."""
+    own: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.endswith("_pairs"):
+            continue
+        own[key] = value[i] if isinstance(value, list) else value
+    own["evaluated_on"] = f"{data.name}: {data.shifts_te.shape[0]} held-out shifts"
+    return own
 
 
 def _benchmark_script(name: str) -> Path:

@@ -134,7 +134,7 @@ def fit_ssae(
 
 
 def fit_from_ssae(sae: SSAE, data: ShiftData) -> Fit:
-    """A trained SSAE as a fit: its unit decoder columns in activation space, and its codes of
+    """A trained SSAE as a fit: its unit decoder rows in activation space, and its codes of
     the held-out shifts."""
     with torch.no_grad():
         codes = sae.encode(data.shifts_te.to(sae.device))

@@ -4,6 +4,7 @@ A config is a YAML mapping whose keys are the fields of a dataclass; nested sect
 dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``hook_name``,
 ``device``, ``out_dir``) and uses the shared sections it needs:
 
+- ``columns:`` :class:`ColumnsSection`: the source, target and label fields of a pairs file;
 - ``harvest:`` :class:`HarvestSection`: batching, the train/test split, the activation cache;
 - ``train:`` :class:`~ssae_lens.ssae.TrainingSSAEConfig` fields (checked when the config is
   built, see :func:`train_options`; ``d_in`` comes from the data);
@@ -34,6 +35,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from ssae_lens.ssae.model import TrainingSSAEConfig
 
 __all__ = [
+    "ColumnsSection",
     "ConfigError",
     "DiagnoseSection",
     "EffectsSection",
@@ -112,7 +115,7 @@ class SteerSection:
     """What is steered and generated (``ssae-lens steer``, the demo): latent, scale, prompts."""
 
     latent: int = 0
-    # None: for an SSAE column, scale_fraction x the median norm of the training shifts; for a
+    # None: for an SSAE decoder row, scale_fraction x the median norm of the training shifts; for a
     # saved --vector, its default_scale.
     scale: float | None = None
     scale_fraction: float = 0.6
@@ -129,6 +132,19 @@ class DiagnoseSection:
 
     scales: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])
     top_k: int = 10
+
+
+@dataclass
+class ColumnsSection:
+    """Which fields of a ``.jsonl`` / ``.csv`` pairs file (``dataset:``) hold the texts and labels.
+
+    ``labels: null`` reads a ``labels`` object per JSONL line (none for CSV); a list names the
+    fields (CSV columns) to read as concepts, one signed number each.
+    """
+
+    source: str = "source"
+    target: str = "target"
+    labels: list[str] | None = None
 
 
 @dataclass
@@ -252,6 +268,8 @@ def _target_weights(name: Any, value: Any) -> dict[int, float]:
         ) from None
     if any(f < 0 for f in weights):
         raise ConfigError(f"sae_ts.targets.{name}: features must be >= 0, got {sorted(weights)}.")
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise ConfigError(f"sae_ts.targets.{name}: weights must be finite numbers, got {value!r}.")
     return weights
 
 
@@ -260,14 +278,16 @@ class ExperimentConfig(RunConfig):
     """One experiment: a model, a hook point, a pairs dataset and what to do with them.
 
     ``dataset`` is a registered name (see :func:`ssae_lens.list_pairs`), a ``.jsonl`` / ``.csv``
-    pairs file, or ``"synthetic"`` (shifts from
+    pairs file (its fields named by ``columns:``), or ``"synthetic"`` (shifts from
     :func:`ssae_lens.data.synthetic.make_synthetic_shifts` with the ``synthetic:`` options; no
-    model is run).
+    model is run). A relative ``dataset`` path, like ``out_dir``, is relative to the working
+    directory the command runs in, not to the config file.
     """
 
     dataset: str = "binary"
     position: Literal["last", "mean"] = "last"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    columns: ColumnsSection = field(default_factory=ColumnsSection)
     harvest: HarvestSection = field(default_factory=HarvestSection)
     train: dict[str, Any] = field(default_factory=lambda: {"d_sae": 2})
     steer: SteerSection = field(default_factory=SteerSection)
@@ -283,11 +303,17 @@ class ExperimentConfig(RunConfig):
         if "d_sae" not in self.train:
             raise ConfigError("train.d_sae is required: the number of SSAE code units.")
         self.training_config(d_in=1)  # validates the values (choices, ranges) now
+        is_file = self.dataset.endswith((".jsonl", ".csv"))
+        if self.columns != ColumnsSection() and not is_file:
+            raise ConfigError(
+                f"columns: names the fields of a .jsonl / .csv pairs file, but dataset is "
+                f"{self.dataset!r}; set dataset to your pairs file or drop columns."
+            )
         if self.dataset == "synthetic":
             from ssae_lens.data.synthetic import make_synthetic_shifts
 
             self.synthetic = _coerce_options(self.synthetic, make_synthetic_shifts, "synthetic")
-        elif not self.dataset.endswith((".jsonl", ".csv")):
+        elif not is_file:
             from ssae_lens.data import list_pairs
 
             names = [*list_pairs(), "synthetic"]
@@ -433,9 +459,15 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
                 parsed = float(parsed)
         if isinstance(parsed, bool) or not isinstance(parsed, int | float):
             raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}.")
+        # NaN passes every "<= 0" check after this one, and inf is no setting either.
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}.")
         if hint is int and not float(parsed).is_integer():
             raise ConfigError(f"{path} must be an integer, got {value!r}.")
-        return hint(parsed)
+        try:
+            return hint(parsed)
+        except OverflowError:
+            raise ConfigError(f"{path} is too large for a {hint.__name__}: {value!r}.") from None
     return value
 
 
@@ -444,7 +476,7 @@ def _parsed(value: Any) -> Any:
         return value
     try:
         return yaml.safe_load(value)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a date-like value such as 2024-13-45
         return value
 
 
@@ -478,13 +510,19 @@ def load_config(
         if not path.is_file():
             raise FileNotFoundError(f"config file {str(path)!r} does not exist.")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_bytes().decode("utf-8-sig")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8."
+            ) from None
         except yaml.YAMLError as e:
             line = getattr(getattr(e, "problem_mark", None), "line", None)
             at = f" (line {line + 1})" if line is not None else ""
             raise ConfigError(
                 f"{path} is not valid YAML{at}: {getattr(e, 'problem', e)}."
             ) from None
+        except (ValueError, RecursionError) as e:  # a date-like value such as 2024-13-45
+            raise ConfigError(f"{path} holds a value YAML cannot read: {e}.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a YAML mapping of config keys.")
     return config_from_dict(cls, apply_overrides(data, overrides))

@@ -76,7 +76,7 @@ def run_demo(cfg: ExperimentConfig) -> Path:
     }
 
     best = fits["SSAE"][0]
-    dict_dir = _save_dictionary(best, cfg, out / "ssae")
+    dict_dir = _save_dictionary(best, data, out / "ssae")
     scale = cfg.steer.scale
     if scale is None:
         scale = cfg.steer.scale_fraction * data.median_shift_norm()
@@ -102,10 +102,12 @@ def run_demo(cfg: ExperimentConfig) -> Path:
     return path
 
 
-def _save_dictionary(fit: Fit, cfg: ExperimentConfig, folder: Path) -> Path:
-    """The seed-0 SSAE in SAELens format, with where it reads from."""
+def _save_dictionary(fit: Fit, data: ShiftData, folder: Path) -> Path:
+    """The seed-0 SSAE in SAELens format, with where it reads from (the model as
+    TransformerLens names it, which steering vectors are checked against)."""
     meta = fit.sae.cfg.metadata
-    meta.model_name, meta.hook_name, meta.dataset = cfg.model, cfg.hook_name, cfg.dataset
+    meta.model_name, meta.hook_name = data.metadata["model"], data.metadata["hook_name"]
+    meta.dataset = data.metadata["dataset"]
     fit.sae.save_model(folder)
     return folder
 

@@ -19,6 +19,7 @@ opt in (e.g. an SAE's ``cfg.metadata.model_from_pretrained_kwargs``).
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from types import ModuleType
@@ -84,9 +85,18 @@ def load_model(
             f"load_model expects a model name or a HookedTransformer, got {type(name).__name__}."
         )
     if name not in EMBEDDED_MODELS:
-        model = HookedTransformer.from_pretrained_no_processing(
-            name, device=device, dtype=dtype, **from_pretrained_kwargs
-        )
+        _check_model_name(name)
+        try:
+            model = HookedTransformer.from_pretrained_no_processing(
+                name, device=device, dtype=dtype, **from_pretrained_kwargs
+            )
+        except OSError as err:  # not in the Hugging Face cache and the Hub is out of reach
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise OSError(
+                f"cannot load model {name!r}: its weights are not in the Hugging Face cache and "
+                f"the Hub cannot be reached ({first}). Download it once with network access, or "
+                f"use the embedded {next(iter(EMBEDDED_MODELS))!r}."
+            ) from err
         return model.eval()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -104,6 +114,22 @@ def load_model(
         **from_pretrained_kwargs,
     )
     return model.eval()
+
+
+def _check_model_name(name: str) -> None:
+    """Raise a one-line ``ValueError`` with the closest names unless TransformerLens knows
+    ``name`` (or it is a local checkpoint folder)."""
+    from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+    if (Path(name) / "config.json").exists() or name.lower() in make_model_alias_map():
+        return
+    known = [*EMBEDDED_MODELS, *make_model_alias_map()]
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(
+        f"unknown model {name!r}: neither embedded ({', '.join(EMBEDDED_MODELS)}) nor a "
+        f"TransformerLens model name.{hint}"
+    )
 
 
 def _embedded_checkpoint(name: str, models_dir: Path) -> Path:

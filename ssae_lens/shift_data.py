@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal, overload
 
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -28,7 +28,8 @@ from transformer_lens import HookedTransformer
 from ssae_lens import models
 from ssae_lens._core.io import atomic_path
 from ssae_lens.activations import harvest_shifts
-from ssae_lens.data.pairs import ConceptPairs, split_indices
+from ssae_lens.config import ConfigError
+from ssae_lens.data.pairs import ConceptPairs, MissingColumnsError, split_indices
 from ssae_lens.data.registry import load_pairs
 from ssae_lens.data.synthetic import SyntheticShifts, make_synthetic_shifts
 from ssae_lens.metrics import concept_directions, regression_directions
@@ -103,16 +104,24 @@ class ShiftData:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"shifts file {str(path)!r} does not exist.")
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iteration)
-            meta = dict(f.metadata() or {})
-        missing = [k for k in ("reference", "train.shifts", "test.shifts") if k not in tensors]
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (no iteration)
+                meta = dict(f.metadata() or {})
+            concepts = json.loads(meta.pop("concepts", "[]"))
+        except (SafetensorError, json.JSONDecodeError) as err:
+            raise ValueError(
+                f"{path} is not a shifts file ({err}); pass the shifts.safetensors that "
+                "`ssae-lens harvest` (or ShiftData.save) wrote."
+            ) from None
+        required = ("reference", "train.shifts", "train.labels", "test.shifts", "test.labels")
+        missing = [k for k in required if k not in tensors]
         if missing:
             raise ValueError(
                 f"{path} holds no {missing[0]!r}; write it with `ssae-lens harvest` "
                 "(or ShiftData.save)."
             )
-        name, concepts = meta.pop("name", path.stem), json.loads(meta.pop("concepts", "[]"))
+        name = meta.pop("name", path.stem)
         return cls(
             name,
             concepts,
@@ -243,16 +252,25 @@ def synthetic_shift_data(
     )
 
 
-def load_dataset(dataset: str) -> ConceptPairs:
+def load_dataset(
+    dataset: str,
+    *,
+    source_key: str = "source",
+    target_key: str = "target",
+    label_keys: Sequence[str] | None = None,
+) -> ConceptPairs:
     """A registered dataset by name (:func:`~ssae_lens.data.load_pairs`), or a ``.jsonl`` /
-    ``.csv`` pairs file."""
+    ``.csv`` pairs file (relative paths from the working directory) read with the given
+    fields."""
     if dataset.endswith((".jsonl", ".csv")):
         path = Path(dataset)
         if not path.is_file():
-            raise FileNotFoundError(f"pairs file {dataset!r} does not exist.")
-        if dataset.endswith(".jsonl"):
-            return ConceptPairs.from_jsonl(path)
-        return ConceptPairs.from_csv(path)
+            raise FileNotFoundError(
+                f"pairs file {dataset!r} does not exist (relative paths are from the working "
+                f"directory, {Path.cwd()})."
+            )
+        read = ConceptPairs.from_jsonl if dataset.endswith(".jsonl") else ConceptPairs.from_csv
+        return read(path, source_key=source_key, target_key=target_key, label_keys=label_keys)
     return load_pairs(dataset)
 
 
@@ -268,7 +286,20 @@ def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = Non
             split_seed=h.split_seed,
         )
     else:
-        pairs = load_dataset(cfg.dataset)
+        try:
+            pairs = load_dataset(
+                cfg.dataset,
+                source_key=cfg.columns.source,
+                target_key=cfg.columns.target,
+                label_keys=cfg.columns.labels,
+            )
+        except MissingColumnsError as err:
+            raise ConfigError(
+                f"{err.where} has no {', '.join(map(repr, err.missing))} "
+                f"column{'s' if len(err.missing) > 1 else ''}; available: "
+                f"{err.available}. Name the right ones in the config's columns: section, e.g. "
+                f"--set columns.source={err.available[0] if err.available else 'NAME'}."
+            ) from None
         data = harvest_shift_data(
             model if model is not None else models.load_model(cfg.model, device=cfg.device),
             pairs,
@@ -280,5 +311,8 @@ def experiment_data(cfg: ExperimentConfig, model: HookedTransformer | None = Non
             batch_size=h.batch_size,
             cache_dir=models.cache_root() / "activations" if h.use_cache else None,
         )
-    data.metadata.update(dataset=cfg.dataset, model=cfg.model, hook_name=cfg.hook_name)
+    if cfg.dataset == "synthetic":  # no model ran: say so rather than name the config's model
+        data.metadata.update(model="synthetic", hook_name="synthetic")
+    # Harvested data names the model as model.cfg.model_name (what SteeringVector compares
+    # against), not as the config spelled it (an alias, say).
     return data

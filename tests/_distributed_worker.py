@@ -126,7 +126,12 @@ def library_results(model) -> tuple[dict[str, torch.Tensor], list[str]]:
         "scales": scales,
         "behavior": torch.tensor([s.behavior for s in sweep.samples], dtype=torch.float64),
         "coherence": torch.tensor([s.coherence for s in sweep.samples], dtype=torch.float64),
-        "table": torch.tensor([[r.behavior, r.coherence, r.score] for r in sweep.results]),
+        "table": torch.tensor(
+            [
+                [r.behavior, r.coherence, r.product_of_means, r.mean_of_products, *r.behavior_ci]
+                for r in sweep.results
+            ]
+        ),
     }
     return tensors, [s.text for s in sweep.samples]
 

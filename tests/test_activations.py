@@ -16,6 +16,7 @@ from ssae_lens.activations import (
     harvest_shifts,
     model_fingerprint,
 )
+from ssae_lens.data.pairs import ConceptPairs
 from ssae_lens.steering import SteeringVector, steer
 
 SOURCES = [
@@ -210,8 +211,7 @@ def test_return_both_and_single_texts_agree(tiny_model):
 
 
 def test_concept_pairs_input(tiny_model):
-    pairs_module = pytest.importorskip("ssae_lens.data.pairs")
-    pairs = pairs_module.ConceptPairs(sources=SOURCES[:4], targets=TARGETS[:4])
+    pairs = ConceptPairs(sources=SOURCES[:4], targets=TARGETS[:4])
     from_object = harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post", progress=False)
     from_tuple = harvest_shifts(
         tiny_model, (SOURCES[:4], TARGETS[:4]), "blocks.0.hook_resid_post", progress=False

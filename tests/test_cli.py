@@ -80,7 +80,9 @@ def test_harvest_saves_the_shifts_of_the_split_and_the_resolved_config(run, tiny
     torch.testing.assert_close(data.tgt_tr - data.src_tr, data.shifts_tr)
     assert data.labels_tr.shape == (len(train_pairs), 2)
     assert data.concepts == ["language", "gender"]
-    assert data.metadata["model"] == "tiny" and data.metadata["hook_name"] == HOOK
+    # The model as TransformerLens names it (what SteeringVector.check_compatible compares).
+    assert data.metadata["model"] == tiny_model.cfg.model_name
+    assert data.metadata["hook_name"] == HOOK
     reference = concept_directions(data.shifts_tr, train_pairs.label_matrix()[0])
     torch.testing.assert_close(data.reference, reference)  # from the training split only
 
@@ -161,7 +163,7 @@ def test_diagnose_saves_the_plot_and_report(run, tmp_path):
     out = run["root"] / "runs" / "diagnose"
     assert (out / "diagnose.png").stat().st_size > 0
     report = json.loads((out / "report.json").read_text())
-    assert report["vector_norm"] == pytest.approx(1.0, abs=1e-5)  # SSAE columns are unit norm
+    assert report["vector_norm"] == pytest.approx(1.0, abs=1e-5)  # SSAE decoder rows are unit norm
     assert report["d_sae"] == 16
 
 
@@ -238,7 +240,7 @@ def test_paper_outside_a_checkout_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "__file__", str(tmp_path / "site-packages" / "ssae_lens" / "cli.py"))
     result = _invoke("paper", tmp_path / "paper.yaml")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "clone" in lines[0] and "benchmarks/paper.py" in lines[0]
 
@@ -298,7 +300,7 @@ def test_missing_files_are_one_line(run, tmp_path):
         ],
     ):
         result = _invoke(*args)
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "does not exist" in lines[0], result.output
 

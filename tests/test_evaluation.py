@@ -156,6 +156,7 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
 
     # Per-scale numbers are the means over that scale's samples; the metric is their max.
     coherence = LikelihoodCoherenceScorer(tiny_model)
+    hand_scores = {}
     for r in result.results:
         rows = result.samples_at(r.scale)
         texts, prompts = [s.text for s in rows], [s.prompt for s in rows]
@@ -164,9 +165,19 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
         assert [s.coherence for s in rows] == pytest.approx(c, abs=1e-6)
         assert r.behavior == pytest.approx(sum(b) / 4)
         assert r.coherence == pytest.approx(sum(c) / 4, abs=1e-6)
-        assert r.score == pytest.approx(sum(x * y for x, y in zip(b, c, strict=True)) / 4, abs=1e-6)
-    assert result.best_score == max(r.score for r in result.results)
-    assert result.best_scale == max(result.results, key=lambda r: r.score).scale
+        products = sum(x * y for x, y in zip(b, c, strict=True)) / 4
+        assert r.mean_of_products == pytest.approx(products, abs=1e-6)
+        hand_scores[r.scale] = sum(b) / 4 * sum(c) / 4
+        assert r.product_of_means == pytest.approx(hand_scores[r.scale], abs=1e-6)
+        for cell in ("behavior", "coherence", "product_of_means", "mean_of_products"):
+            low, high = r.interval(cell)
+            assert low <= r.value(cell) + 1e-12 and r.value(cell) <= high + 1e-12
+    # The default metric is the reference's: max over scales of mean(b) x mean(c).
+    assert result.metric == "product_of_means"
+    assert result.best_score == pytest.approx(max(hand_scores.values()), abs=1e-6)
+    assert result.best_scale == max(hand_scores, key=hand_scores.get)
+    low, high = result.metric_ci
+    assert low <= result.best_score <= high
 
     # Scale 0 is the unsteered model: rows [p0, p0, p1] then [p1] (batch_size 3), sampled
     # with seeds 3 and 4 exactly as a plain generation call of those batches.
@@ -192,9 +203,13 @@ def test_harness_end_to_end(tiny_model, vector, tmp_path):
     md = result.to_markdown(examples=2)
     assert md.count("\n|") >= 3 + 2 + 3
     assert "| 0 (unsteered) |" in md or "| **0 (unsteered)** |" in md
-    assert f"**{result.best_score:.3f}**" in md
+    assert f"**{result.best_score:.3f} [" in md
+    assert f"{result.best_score:.3f} [{low:.3f}, {high:.3f}]" in md
     data = json.loads(json.dumps(result.to_dict()))
     assert data["best_score"] == result.best_score and len(data["samples"]) == 12
+    assert data["metric_ci"] == [low, high]
+    by_products = evaluate_steering(tiny_model, vector, **sweep, metric="mean_of_products")
+    assert by_products.best_score == max(r.mean_of_products for r in result.results)
     path = result.plot(tmp_path / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -244,6 +259,10 @@ def test_harness_bad_input(tiny_model, vector):
         )
     with pytest.raises(ValueError, match="coherence_scorer returned 1 scores"):
         evaluate_steering(tiny_model, vector, **{**kwargs, "coherence_scorer": lambda t, p: [1]})
+    with pytest.raises(ValueError, match="Unknown 'score'"):
+        evaluate_steering(tiny_model, vector, **{**kwargs, "metric": "score"})
+    with pytest.raises(ValueError, match="level must be in"):
+        evaluate_steering(tiny_model, vector, **{**kwargs, "level": 95})
 
 
 def _decode(model, ids):
@@ -362,6 +381,29 @@ def test_llm_judge_scores_and_request_shape(judge_server):
     assert len(server.requests) == 3
     content = server.requests[0]["body"]["messages"][-1]["content"]
     assert "The text is about cats." in content and "p1" in content and "a cat" in content
+
+
+def test_llm_judge_harmonic_mean_of_axbench_criteria(judge_server):
+    # Text 1: concept 2, instruction 1, fluency 2 -> 1, 0.5, 1 -> 3 / (1 + 2 + 1) = 0.75.
+    # Text 2: instruction 0 -> 0 whatever the others. Text 3: all 1 -> 0.5.
+    replies = ["2", "1", "2", "2", "0", "2", "1", "1", "1"]
+    server = judge_server([completion(r) for r in replies])
+    judge = LLMJudgeScorer.axbench(server.url, "judge-model", "weddings", api_key="sk-test")
+    assert judge(["a", "b", "c"], ["p1", "p2", "p3"]) == pytest.approx([0.75, 0.0, 0.5])
+    assert len(server.requests) == 9
+    contents = [r["body"]["messages"][-1]["content"] for r in server.requests[:3]]
+    assert "weddings" in contents[0] and "0 if the continuation" in contents[0]
+    assert "relevant, sensible continuation" in contents[1] and "fluent" in contents[2]
+    assert all("Continuation: a" in c for c in contents)
+
+    server = judge_server([completion("2"), completion("1")])
+    two = LLMJudgeScorer(
+        server.url, "judge-model", api_key="sk-test", max_score=2,
+        criterion={"on topic": "The text is about cats.", "polite": "The text is polite."},
+    )  # fmt: skip
+    assert two.score_criteria("text", "p") == {"on topic": 1.0, "polite": 0.5}
+    with pytest.raises(ValueError, match="non-empty criterion"):
+        LLMJudgeScorer(server.url, "m", criterion={"a": ""})
 
 
 def test_llm_judge_retries_and_errors(judge_server):

@@ -74,8 +74,8 @@ def test_caa_sentiment_sweep_on_gemma(gemma, tmp_path):
         if r.scale > 0 and r.behavior > baseline.behavior and r.coherence >= COHERENCE_FLOOR
     ]
     assert usable, result.to_markdown(examples=2)
-    assert result.best_score > baseline.score
-    assert result.best_score == max(r.score for r in result.results)
+    assert result.best_score > baseline.product_of_means
+    assert result.best_score == max(r.product_of_means for r in result.results)
 
     md = result.to_markdown(examples=2)
     assert md.count("(unsteered)") == 1 and len(result.results) == 4

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
+import gguf  # in the dev and models extras: make install / pip install 'ssae-lens[models]'
 import pytest
 import torch
 
 from ssae_lens import SteeringVector
 from ssae_lens.steering import Steering, steer
 from ssae_lens.steering.gguf import control_vector_layer, write_control_vector
-
-gguf = pytest.importorskip("gguf")
 
 
 def _vector(hook: str, seed: int, d: int = 32, **kwargs) -> SteeringVector:

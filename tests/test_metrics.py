@@ -113,6 +113,74 @@ def test_oriented_match_flips_signs_and_marks_unmatched_concepts():
     assert matching.mcc == pytest.approx(1.0)
 
 
+def _abs_corr(a, b):
+    """|Pearson correlation| between columns of a and b, by numpy."""
+    k = a.shape[1]
+    return np.abs(np.corrcoef(a.numpy().T, b.numpy().T)[:k, k:])
+
+
+def test_label_mcc_on_imperfect_codes_is_the_mean_of_the_best_correlations():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(-1, 2, (300, 3), generator=g).float()
+    noise = torch.randn(300, 4, generator=g)
+    # latent 0 tracks label 0 well, latent 2 tracks label 1 poorly, label 2 barely
+    codes = noise * torch.tensor([0.3, 1.0, 2.0, 1.0])
+    codes[:, 0] += labels[:, 0]
+    codes[:, 2] += labels[:, 1]
+    codes[:, 3] += 0.2 * labels[:, 2] + 0.5 * labels[:, 0]
+    corr = _abs_corr(codes, labels)
+    score, best = label_mcc(codes, labels)
+    assert score == pytest.approx(corr.max(axis=0).mean())
+    assert best == corr.argmax(axis=0).tolist()
+    assert 0.3 < score < 0.9  # imperfect: a max or a min would differ
+
+
+def test_match_and_seed_agreement_on_imperfect_inputs_equal_brute_force():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(80, 3, generator=g)
+    b = a[:, [2, 0, 1]] + torch.randn(80, 3, generator=g) * torch.tensor([0.5, 1.5, 3.0])
+    corr = _abs_corr(a, b)
+    scores = {p: np.mean([corr[i, p[i]] for i in range(3)]) for p in permutations(range(3))}
+    best = max(scores, key=scores.get)
+    m = match(a, b)
+    assert m.mcc == pytest.approx(scores[best]) and m.cols == list(best)
+    assert m.values == pytest.approx([corr[i, best[i]] for i in range(3)])
+    # seed agreement: decoder rows are correlated across the d_in coordinates, pairs averaged
+    w = [torch.randn(3, 20, generator=g) for _ in range(3)]
+    w[1] = w[0][[1, 2, 0]] + 0.7 * torch.randn(3, 20, generator=g)
+    expected = [
+        max(
+            np.mean([_abs_corr(x.T, y.T)[i, p[i]] for i in range(3)])
+            for p in permutations(range(3))
+        )
+        for x, y in ((w[0], w[1]), (w[0], w[2]), (w[1], w[2]))
+    ]
+    mean, pairs = seed_agreement_mcc(w)
+    assert pairs == pytest.approx(expected) and mean == pytest.approx(np.mean(expected))
+
+
+def test_matched_cosine_on_imperfect_directions_equals_brute_force():
+    g = torch.Generator().manual_seed(2)
+    ref = torch.randn(3, 6, generator=g)
+    learned = -2 * ref[[1, 2, 0]] + torch.randn(3, 6, generator=g)
+    cos = (learned / learned.norm(dim=1, keepdim=True)) @ (ref / ref.norm(dim=1, keepdim=True)).T
+    cos = cos.abs().numpy()
+    best = max(permutations(range(3)), key=lambda p: sum(cos[i, p[i]] for i in range(3)))
+    result = matched_cosine(learned, ref)
+    assert result.cols == list(best)
+    assert result.mcc == pytest.approx(np.mean([cos[i, best[i]] for i in range(3)]), rel=1e-6)
+    assert result.mcc < 0.99
+
+
+def test_spearman_equals_pearson_of_the_ranks():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(50, 2, generator=g) ** 3
+    b = a[:, [1, 0]] + torch.randn(50, 2, generator=g)
+    ranks = lambda x: x.argsort(0).argsort(0).double()  # noqa: E731 (no ties in continuous data)
+    expected = np.corrcoef(ranks(a).numpy().T, ranks(b).numpy().T)[:2, 2:]
+    np.testing.assert_allclose(correlation_matrix(a, b, "spearman").numpy(), expected, atol=1e-10)
+
+
 def test_concept_alignment_is_the_mean_over_concepts_of_the_matched_cosine():
     from ssae_lens.metrics import concept_alignment
 

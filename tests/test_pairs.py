@@ -9,6 +9,7 @@ import warnings
 from collections import Counter
 from importlib.resources import files
 
+import datasets
 import pytest
 import torch
 
@@ -90,7 +91,6 @@ def test_csv_errors_name_the_problem(tmp_path):
 
 
 def test_datasets_round_trip():
-    datasets = pytest.importorskip("datasets")
     pairs = _small()
     dataset = datasets.Dataset.from_list([json.loads(line) for line in _jsonl_lines(pairs)])
     back = ConceptPairs.from_dataset(dataset)

@@ -94,13 +94,15 @@ def test_upload_sends_every_file_of_the_folder_to_the_hub_api(tmp_path, fake_hub
     folder = publish(_ssae(), REPO, SAE_ID, out_dir=tmp_path, token="hf_test", endpoint=endpoint)
 
     paths = [path for _, path, _, _ in requests]
-    assert paths == [
+    # First the repository's files are listed (for the card); the repository does not exist yet.
+    assert paths[0].startswith(f"/api/models/{REPO}/tree/main")
+    assert paths[1:] == [
         "/api/repos/create",
         "/api/validate-yaml",
         f"/api/models/{REPO}/preupload/main",
         f"/api/models/{REPO}/commit/main",
     ]
-    assert json.loads(requests[0][3]) == {
+    assert json.loads(requests[1][3]) == {
         "name": "ssae-tiny",
         "organization": "someone",
         "type": "model",

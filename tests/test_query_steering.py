@@ -133,3 +133,70 @@ def test_the_evaluation_harness_sweeps_query_steering(tiny_model, query_sae, pro
     baseline = [s for s in result.samples if s.scale == 0.0][0]
     assert baseline.text == expected
     assert not tiny_model.hook_dict[HOOK]._forward_hooks
+
+
+def test_steered_logits_equal_a_hand_written_query_hook(tiny_model, query_sae, protos):
+    # q' = q + dec(move(enc q)) - dec(enc q), with the distance loss's k steps in closed
+    # form: move(c) = (1 - eta)^k c + (1 - (1 - eta)^k) p_target.
+    tokens = tiny_model.to_tokens(["hey, is the meeting still on"])
+    steps, eta = 3, 0.4
+    keep = (1 - eta) ** steps
+    for target in ("formal", "casual"):
+        proto = protos.prototypes[protos.classes.index(target)]
+
+        def hand(q, hook, proto=proto):
+            flat = q.flatten(-2)
+            codes = query_sae.encode(flat)
+            moved = keep * codes + (1 - keep) * proto
+            return (flat + query_sae.decode(moved) - query_sae.decode(codes)).view_as(q)
+
+        with torch.no_grad():
+            plain = tiny_model(tokens)
+            with tiny_model.hooks(fwd_hooks=[(HOOK, hand)]):
+                expected = tiny_model(tokens)
+            with steer_queries(
+                tiny_model, query_sae, protos, target, steps=steps, step_size=eta, loss="distance"
+            ):
+                got = tiny_model(tokens)
+        assert (expected - plain).abs().max() > 1e-3
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_steered_query_codes_move_toward_the_target_prototype(tiny_model):
+    # An orthogonal SAE re-encodes an edited query to the edited code wherever the pre-code
+    # was positive (and nearer the prototype elsewhere), so the codes read back after the
+    # steering hook show where the steps moved them.
+    d = tiny_model.cfg.n_heads * tiny_model.cfg.d_head
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d, metadata=SAEMetadata(hook_name=HOOK)))
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        sae.W_dec.copy_(q)
+        sae.W_enc.copy_(q.T)
+        sae.b_enc.zero_()
+    protos = QueryPrototypes.fit(tiny_model, sae, {"formal": FORMAL, "casual": CASUAL})
+    tokens = tiny_model.to_tokens(["hey, is the meeting still on", "The king wrote a letter."])
+
+    def codes_at_hook():
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+        return sae.encode(cache[HOOK].flatten(-2))
+
+    with torch.no_grad():
+        before = codes_at_hook()
+        for t, target in enumerate(protos.classes):
+            p_target, p_other = protos.prototypes[t], protos.prototypes[1 - t]
+            # distance loss: each code is pulled straight toward the target prototype
+            with steer_queries(tiny_model, sae, protos, target, steps=3, loss="distance"):
+                pulled = codes_at_hook()  # the cache hook runs after the steering hook
+            to_target = [(c - p_target).norm(dim=-1).mean() for c in (before, pulled)]
+            assert to_target[1] < 0.5 * to_target[0], (target, to_target)
+            # prototype loss: codes move along p_target - p_other, and more of them are
+            # classified as the target (nearer its prototype than the other's)
+            with steer_queries(tiny_model, sae, protos, target, steps=5, step_size=0.5):
+                after = codes_at_hook()
+            along = ((after - before) @ (p_target - p_other)).mean()
+            nearer = [
+                ((c - p_target).norm(dim=-1) < (c - p_other).norm(dim=-1)).float().mean()
+                for c in (before, after)
+            ]
+            assert along > 0
+            assert nearer[1] > nearer[0] and nearer[1] > 0.9, (target, nearer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -13,6 +14,7 @@ import ssae_lens.sae_ts.effects as sae_ts_effects
 from ssae_lens.sae_ts import (
     EffectModel,
     calibrate_scales,
+    decoder_rotation,
     decoder_row_vector,
     interpolate_scales,
     measure_effects,
@@ -63,6 +65,34 @@ def test_zero_direction_has_exactly_zero_effect(tiny_model, tiny_sae):
 def test_nonzero_direction_changes_features(tiny_model, tiny_sae):
     y = effects(tiny_model, tiny_sae, unit_directions(2))
     assert bool((y.abs().sum(dim=1) > 1e-3).all())
+
+
+def test_greedy_effects_equal_a_hand_computation_from_unsteered_readouts(tiny_model, tiny_sae):
+    # Reference: model.generate under a hand-written hook adding 3 * direction everywhere,
+    # then an unsteered run_with_cache of each rollout alone (no padding), sae.encode of the
+    # activations at the generated tokens (the last n_new inputs), averaged over tokens and
+    # prompts; the same for unsteered rollouts is subtracted.
+    dirs, n_new = unit_directions(2, seed=3), 4
+
+    def mean_features(direction):
+        rows = []
+        for prompt in PROMPTS:
+            hooks = [] if direction is None else [(HOOK, lambda act, hook: act + 3.0 * direction)]
+            with tiny_model.hooks(fwd_hooks=hooks):
+                tokens = tiny_model.generate(
+                    prompt, max_new_tokens=n_new, do_sample=False, stop_at_eos=False,
+                    verbose=False, return_type="tokens",
+                )  # fmt: skip
+            _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+            rows.append(tiny_sae.encode(cache[HOOK][0, -n_new:]).mean(0))
+        return torch.stack(rows).mean(0)
+
+    with torch.no_grad():
+        baseline = mean_features(None)
+        expected = torch.stack([mean_features(d) for d in dirs]) - baseline
+    got = effects(tiny_model, tiny_sae, dirs, max_new_tokens=n_new)
+    assert float(expected.abs().sum(1).min()) > 0.05  # the vectors change the text
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_batched_effects_equal_one_vector_at_a_time(tiny_model, tiny_sae):
@@ -222,6 +252,30 @@ def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     torch.testing.assert_close(scales, torch.tensor([1.0, 1.5]))
 
 
+def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model, monkeypatch):
+    texts = ["The cat sat on the mat.", "hey"]
+    seen = {}
+
+    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size):
+        seen.setdefault("sweep", sweep)
+        return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
+
+    monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)
+    dirs = torch.zeros(1, 32)
+    dirs[0, 0] = 1.0
+    with pytest.warns(UserWarning):  # whatever the loss, the stub is not the point here
+        calibrate_scales(tiny_model, dirs, HOOK, reference_texts=texts, target_loss_increase=1e9)
+    with torch.no_grad():  # each text alone (no padding): norms at every real token
+        norms = torch.cat(
+            [
+                tiny_model.run_with_cache(t, names_filter=HOOK)[1][HOOK][0].norm(dim=-1)
+                for t in texts
+            ]
+        )
+    expected = float(norms.mean()) * torch.tensor([0.05 * 80 ** (i / 11) for i in range(12)])
+    torch.testing.assert_close(seen["sweep"], expected, rtol=1e-5, atol=0)
+
+
 def test_calibrate_scales_end_to_end(tiny_model):
     texts = ["The cat sat on the mat.", "I love this movie, it is brilliant."]
     dirs = unit_directions(3)  # on this random model, steering along dirs[1] lowers the loss
@@ -271,6 +325,23 @@ def test_effect_model_recovers_a_linear_map(method):
     assert report.r2_per_feature.shape == (12,)
 
 
+def test_ridge_matches_the_centred_closed_form_and_leaves_the_bias_unshrunk():
+    # Ridge with an unpenalised intercept = ridge on centred data, intercept from the means:
+    # W = (Xc^T Xc + alpha n I)^-1 Xc^T Yc, b = mean(y) - mean(x) W.
+    s, y, _, _ = synthetic_pairs(n=60, noise=0.3)
+    y = y + 5.0  # a large shared effect: a penalised bias would be pulled toward 0
+    xs, ys = s.double().numpy(), y.double().numpy()
+    for alpha in (0.01, 1.0, 1e6):
+        model, _ = EffectModel.fit(s, y, weight_decay=alpha, test_fraction=0.0)
+        xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+        w = np.linalg.solve(xc.T @ xc + alpha * 60 * np.eye(xs.shape[1]), xc.T @ yc)
+        b = ys.mean(0) - xs.mean(0) @ w
+        np.testing.assert_allclose(model.W.numpy(), w, atol=1e-5)
+        np.testing.assert_allclose(model.b.numpy(), b, atol=1e-5)
+    # an overwhelming penalty leaves only the intercept: the mean effect
+    np.testing.assert_allclose(model.b.numpy(), ys.mean(0), atol=1e-4)
+
+
 def test_fit_report_r2_matches_its_definition():
     s, y, _, _ = synthetic_pairs(n=50, noise=0.5)
     model, report = EffectModel.fit(s, y, test_fraction=0.2, seed=4)
@@ -279,6 +350,20 @@ def test_fit_report_r2_matches_its_definition():
     centred = y[test] - y[test].mean(0)
     assert report.r2 == pytest.approx(float(1 - (resid**2).sum() / (centred**2).sum()), abs=1e-5)
     assert report.test_mse == pytest.approx(float((resid**2).mean()), rel=1e-4)
+
+
+def test_fit_without_a_held_out_split_reports_nan_and_serialises():
+    s, y, _, _ = synthetic_pairs(n=30)
+    model, report = EffectModel.fit(s, y, test_fraction=0.0)
+    assert (report.n_train, report.n_test) == (30, 0)
+    assert math.isnan(report.r2) and math.isnan(report.test_mse)
+    assert report.train_mse == pytest.approx(float(((model.predict(s) - y) ** 2).mean()), rel=1e-4)
+    as_dict = report.to_dict()
+    assert as_dict["n_train"] == 30 and len(as_dict["r2_per_feature"]) == 12
+    with pytest.raises(ValueError, match="same n"):
+        EffectModel.fit(s, y[:-1])
+    with pytest.raises(ValueError, match="Unknown fit method"):
+        EffectModel.fit(s, y, method="lbfgs")
 
 
 def test_effect_model_save_load_roundtrip(tmp_path):
@@ -347,34 +432,177 @@ def test_side_effect_ratio_definition():
         side_effect_ratio(y, [7])
 
 
-def test_pinv_vector_solves_for_the_target_direction():
-    g = torch.Generator().manual_seed(0)
-    effect_model = EffectModel(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), HOOK)
-    target = {1: 1.0, 3: -0.5}
-    v = pinv_vector(effect_model, target)
-    shift = v.direction @ effect_model.W  # full row rank: s W is exactly parallel to t
-    t = torch.tensor([0.0, 1.0, 0.0, -0.5])
-    torch.testing.assert_close(shift / shift.norm(), t / t.norm(), atol=1e-5, rtol=0)
+# ------------------------------------------------- the three solves on a known linear model
+def known_effect_model(d=8, d_sae=6, noise=0.02, n=600, seed=0):
+    """A true linear effect model ``y = s W + b`` and the model fitted to noisy samples of it."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, d_sae, generator=g)
+    b = 0.5 * torch.randn(d_sae, generator=g)
+    s = unit_directions(n, d, seed + 1)
+    y = s @ w + b + noise * torch.randn(n, d_sae, generator=g)
+    fitted, _ = EffectModel.fit(s, y, weight_decay=0.0, hook_name=HOOK, test_fraction=0.1)
+    return EffectModel(w, b, hook_name=HOOK), fitted
+
+
+def cosine(a, b):
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1))
+
+
+def test_sae_ts_direction_maximises_the_predicted_target_change():
+    true, fitted = known_effect_model()
+    target = {1: 0.5, 4: 0.5}  # a weighted set, as the reference's targets
+    t = torch.zeros(6)
+    t[1] = t[4] = 0.5
+    v = sae_ts_vector(fitted, target, bias_weight=0.0).direction
+    # The unit s maximising t . (s W) is W t / |W t| (Cauchy-Schwarz); no random unit vector
+    # does better on the true model, and the vector from the fitted model is that optimum.
+    gain = lambda s: (s @ true.W) @ t  # noqa: E731
+    candidates = unit_directions(20_000, 8, seed=9)
+    assert float(gain(v)) >= float(gain(candidates).max()) - 1e-3
+    assert cosine(v, true.W @ t) > 0.999
+    # With the shared effect removed: normalise(normalise(W t) - normalise(W b)) of the truth.
+    along, shared = true.W @ t, true.W @ true.b
+    expected = along / along.norm() - shared / shared.norm()
+    assert cosine(sae_ts_vector(fitted, target).direction, expected) > 0.999
+
+
+def test_weighted_target_is_the_weighted_combination():
+    _, fitted = known_effect_model()
+    # Without the bias term, the SAE-TS direction is linear in t: {1: .5, 4: .5} points along
+    # W e1 + W e4, which a list target [1, 4] (weight 1 each) matches and {1: .9, 4: .1} not.
+    half = sae_ts_vector(fitted, {1: 0.5, 4: 0.5}, bias_weight=0).direction
+    both = sae_ts_vector(fitted, [1, 4], bias_weight=0).direction
+    tilted = sae_ts_vector(fitted, {1: 0.9, 4: 0.1}, bias_weight=0).direction
+    torch.testing.assert_close(half, both)
+    expected = fitted.W[:, 1] + fitted.W[:, 4]
+    torch.testing.assert_close(half, expected / expected.norm())
+    assert cosine(tilted, fitted.W[:, 1]) > cosine(half, fitted.W[:, 1])
+    for one in (3, torch.tensor(3), np.int64(3)):  # one feature as an integer
+        assert sae_ts_vector(fitted, one).provenance["features"] == [3]
+    dense = torch.zeros(6)
+    dense[1], dense[4] = 0.5, 0.5
+    torch.testing.assert_close(sae_ts_vector(fitted, dense, bias_weight=0).direction, half)
+
+
+def test_pinv_vector_hits_the_unit_target_exactly_when_w_has_full_column_rank():
+    true, fitted = known_effect_model()  # d_sae 6 <= d_model 8
+    target = {0: 1.0, 3: -0.5}
+    t = torch.tensor([1.0, 0, 0, -0.5, 0, 0])
+    v = pinv_vector(true, target)
+    # At its solve norm the vector's predicted effect is the unit target itself.
+    reached = true.predict(v.direction * v.provenance["solve_norm"])
+    torch.testing.assert_close(reached, t / t.norm(), atol=1e-5, rtol=0)
     assert v.provenance["variant"] == "pinv" and v.norm == pytest.approx(1.0)
+    # The fit recovers it from noisy effects.
+    assert cosine(pinv_vector(fitted, target).direction, v.direction) > 0.99
+    # bias_weight=0: the solve that ignores b, whose predicted change s W is parallel to t.
+    plain = pinv_vector(true, target, bias_weight=0.0).direction
+    shift = plain @ true.W
+    torch.testing.assert_close(shift / shift.norm(), t / t.norm(), atol=1e-5, rtol=0)
+    assert cosine(plain, v.direction) < 0.99  # the bias term matters here
 
 
-def test_rotation_vector_reaches_a_feature_without_effect_data():
-    g = torch.Generator().manual_seed(0)
-    d, d_sae, missing = 8, 16, 5
+def test_pinv_vector_is_the_least_norm_least_squares_solution():
+    true, _ = known_effect_model(d=6, d_sae=16)  # more features than dimensions
+    t = torch.zeros(16)
+    t[2], t[7] = 0.5, 0.5
+    v = pinv_vector(true, {2: 0.5, 7: 0.5})
+    # Least-squares solution of W^T x = t/|t| - b by a separate solver (SVD-based gelsd).
+    rhs = (t / t.norm() - true.b).double()
+    x = torch.linalg.lstsq(true.W.T.double(), rhs[:, None], driver="gelsd").solution[:, 0]
+    torch.testing.assert_close(v.direction.double(), x / x.norm(), atol=1e-6, rtol=0)
+    assert v.provenance["solve_norm"] == pytest.approx(float(x.norm()), rel=1e-5)
+    # Normal equations: the residual of the predicted effect is orthogonal to every column.
+    resid = true.predict(v.direction * v.provenance["solve_norm"]) - t / t.norm()
+    torch.testing.assert_close(resid @ true.W.T, torch.zeros(6), atol=1e-4, rtol=0)
+
+
+def rotated_decoder_example(d=8, d_sae=24, missing=5, noise=0.01, seed=0):
+    """Effects generated by a known rotation R of unit decoder rows: column j of W is
+    ``c_j d_j R`` (noisy), and feature ``missing`` has no effect data."""
+    g = torch.Generator().manual_seed(seed)
     decoder = torch.randn(d_sae, d, generator=g)
     decoder = decoder / decoder.norm(dim=1, keepdim=True)
     rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
-    w = (decoder @ rotation).T * torch.linspace(0.5, 2.0, d_sae)  # columns: rotated decoder rows
-    w[:, missing] = 0  # no effect data for this feature
+    w = (decoder @ rotation).T * torch.linspace(0.5, 2.0, d_sae)
+    w = w + noise * torch.randn(d, d_sae, generator=g)
+    w[:, missing] = 0
     cfg = StandardSAEConfig(d_in=d, d_sae=d_sae)
     cfg.metadata.hook_name = HOOK
     sae = StandardSAE(cfg)
     with torch.no_grad():
         sae.W_dec.copy_(decoder)
-    v = rotation_vector(EffectModel(w, torch.zeros(d_sae), HOOK), sae, [missing])
-    expected = decoder[missing] @ rotation
+    b = 0.3 * torch.randn(d_sae, generator=g)
+    return EffectModel(w, b, hook_name=HOOK), sae, decoder, rotation
+
+
+def test_decoder_rotation_maps_decoder_rows_onto_their_effect_columns():
+    effect_model, sae, decoder, rotation = rotated_decoder_example()
+    r = decoder_rotation(effect_model, sae)
+    torch.testing.assert_close(r @ r.T, torch.eye(8), atol=1e-5, rtol=0)  # orthogonal
+    torch.testing.assert_close(r, rotation, atol=0.02, rtol=0)
+    fitted = [j for j in range(24) if j != 5]
+    columns = effect_model.W.T[fitted]
+    mapped = decoder[fitted] @ r
+    assert min(cosine(mapped[i], columns[i]) for i in range(len(fitted))) > 0.99
+    # The reference applies the transpose (its R_ref = R^T, used as R_ref.T @ v): that maps
+    # decoder rows elsewhere.
+    slipped = decoder[fitted] @ r.T
+    assert max(cosine(slipped[i], columns[i]) for i in range(len(fitted))) < 0.9
+
+
+def test_rotation_vector_reaches_a_feature_without_effect_data():
+    effect_model, sae, decoder, rotation = rotated_decoder_example()
+    plain = rotation_vector(effect_model, sae, [5], bias_weight=0.0)
+    expected = decoder[5] @ rotation
+    assert cosine(plain.direction, expected) > 0.999
+    assert plain.provenance["fitted_features"] == 23
+    # With the shared effect removed, as the reference does after rotating.
+    shared = effect_model.W @ effect_model.b
+    corrected = expected / expected.norm() - shared / shared.norm()
+    v = rotation_vector(effect_model, sae, {5: 1.0})
+    assert cosine(v.direction, corrected) > 0.999
+    assert v.provenance["variant"] == "rotation" and v.norm == pytest.approx(1.0)
+    # A weighted target rotates the weighted decoder combination.
+    mix = rotation_vector(effect_model, sae, {5: 0.5, 9: 0.5}, bias_weight=0.0).direction
+    assert cosine(mix, (0.5 * decoder[5] + 0.5 * decoder[9]) @ rotation) > 0.999
+    with pytest.warns(UserWarning, match="not unique"):
+        decoder_rotation(effect_model, sae, fitted_features=[0, 1, 2])
+
+
+def test_dense_and_sparse_targets_give_the_same_vectors():
+    g = torch.Generator().manual_seed(1)
+    effect_model = EffectModel(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), HOOK)
+    dense = torch.tensor([0.0, 1.0, 0.0, -0.5])
+    for make in (sae_ts_vector, pinv_vector):
+        torch.testing.assert_close(
+            make(effect_model, dense).direction, make(effect_model, {1: 1.0, 3: -0.5}).direction
+        )
+    with pytest.raises(ValueError, match="dense target needs shape"):
+        sae_ts_vector(effect_model, torch.ones(3))
+
+
+def test_rotation_vector_uses_only_the_given_fitted_features():
+    g = torch.Generator().manual_seed(0)
+    d, d_sae = 4, 8
+    decoder = torch.randn(d_sae, d, generator=g)
+    decoder = decoder / decoder.norm(dim=1, keepdim=True)
+    rotation, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    w = (decoder @ rotation).T
+    w[:, 6:] = torch.randn(d, 2, generator=g)  # columns 6, 7 do not follow the rotation
+    cfg = StandardSAEConfig(d_in=d, d_sae=d_sae)
+    sae = StandardSAE(cfg)
+    with torch.no_grad():
+        sae.W_dec.copy_(decoder)
+    effect_model = EffectModel(w, torch.zeros(d_sae), HOOK)
+    v = rotation_vector(effect_model, sae, [2], fitted_features=range(6))
+    expected = decoder[2] @ rotation
     torch.testing.assert_close(v.direction, expected / expected.norm(), atol=1e-5, rtol=0)
-    assert v.provenance["fitted_features"] == d_sae - 1
+    assert v.provenance["fitted_features"] == 6
+    polluted = rotation_vector(effect_model, sae, [2])  # all 8 columns: another rotation
+    assert not torch.allclose(polluted.direction, v.direction, atol=1e-3)
+    with pytest.raises(ValueError, match="does not match the effect model"):
+        rotation_vector(EffectModel(torch.zeros(d + 1, d_sae), torch.zeros(d_sae)), sae, [2])
 
 
 def test_decoder_row_vector_is_the_normalised_sae_row(tiny_sae):
@@ -382,7 +610,19 @@ def test_decoder_row_vector_is_the_normalised_sae_row(tiny_sae):
     row = tiny_sae.W_dec[3].detach()
     torch.testing.assert_close(v.direction, row / row.norm())
     assert (v.method, v.hook_name, v.normalized) == ("sae", HOOK, True)
-    assert v.provenance["features"] == [3]
+    assert v.provenance["features"] == [3] and v.provenance["feature_index"] == 3
+
+
+def test_decoder_row_vector_of_a_weighted_set():
+    _, sae = hand_example()  # rows (1, 1)/sqrt2, (1, 0), (0, 1)
+    v = decoder_row_vector(sae, {1: 0.5, 2: 0.5})
+    torch.testing.assert_close(v.direction, torch.tensor([1 / SQRT2, 1 / SQRT2]))
+    assert v.provenance["features"] == [1, 2] and v.provenance["weights"] == [0.5, 0.5]
+    assert "feature_index" not in v.provenance
+    # A negative weight subtracts the row: (1, 0) - (0, 1).
+    torch.testing.assert_close(
+        decoder_row_vector(sae, {1: 1.0, 2: -1.0}).direction, torch.tensor([1, -1]) / SQRT2
+    )
 
 
 def test_targeted_vector_needs_a_hook_name():

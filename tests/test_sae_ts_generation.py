@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -103,3 +104,89 @@ def test_captured_activations_equal_a_full_steered_pass(model):
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=HOOK)
     assert acts.shape == (len(PROMPTS), 6, 32)
     torch.testing.assert_close(acts, cache[HOOK][:, -6:], atol=1e-5, rtol=1e-5)
+
+
+def filtered_softmax(logits, temperature=1.0, top_k=None, top_p=None):
+    """The filtered next-token distribution written out token by token (a naive reference)."""
+    probs = [math.exp(x / temperature) for x in logits]
+    order = sorted(range(len(logits)), key=lambda i: -logits[i])
+    keep = set(order if top_k is None else order[:top_k])
+    total = sum(probs[i] for i in keep)
+    probs = [p / total if i in keep else 0.0 for i, p in enumerate(probs)]
+    if top_p is not None:
+        mass, nucleus = 0.0, set()
+        for i in order:
+            if i in keep and mass < top_p:
+                nucleus.add(i)
+                mass += probs[i]
+        total = sum(probs[i] for i in nucleus)
+        probs = [p / total if i in nucleus else 0.0 for i, p in enumerate(probs)]
+    return torch.tensor(probs, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 3, None), (1.0, None, 0.7), (0.7, 4, 0.8), (2.0, 2, 0.99)],
+)
+def test_filtered_sampling_follows_the_filtered_softmax(temperature, top_k, top_p):
+    logits = [0.3, 2.0, -1.0, 1.2, 0.9, -3.0]
+    n = 200_000
+    u = torch.rand(n, generator=torch.Generator().manual_seed(1))
+    draws = sample_tokens(
+        torch.tensor(logits).expand(n, -1), u, temperature=temperature, top_k=top_k, top_p=top_p
+    )
+    freq = torch.bincount(draws, minlength=6).double() / n
+    expected = filtered_softmax(logits, temperature, top_k, top_p)
+    assert bool((freq[expected == 0] == 0).all())  # filtered tokens are never drawn
+    torch.testing.assert_close(freq, expected, atol=5e-3, rtol=0)  # binomial s.e. <= 0.0012
+
+
+def test_filtered_rows_that_agree_draw_the_same_tokens():
+    # Two rows whose logits differ only on a token outside the top 3: their filtered
+    # distributions are equal, so every uniform number draws the same token from both.
+    a = torch.tensor([0.3, 2.0, -1.0, 1.2, 0.9, -3.0])
+    b = a.clone()
+    b[5] = -0.5  # still outside the top 3
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(2))
+    for options in (dict(top_k=3), dict(top_k=3, top_p=0.8)):
+        from_a = sample_tokens(a.expand(1000, -1), u, **options)
+        from_b = sample_tokens(b.expand(1000, -1), u, **options)
+        assert torch.equal(from_a, from_b)
+    # Without top_k the rows differ in the tail, and some draws differ.
+    assert not torch.equal(
+        sample_tokens(a.expand(1000, -1), u), sample_tokens(b.expand(1000, -1), u)
+    )
+
+
+def test_same_uniforms_same_tokens_with_top_k_and_top_p(model):
+    uniforms = torch.rand(2, 8, generator=torch.Generator().manual_seed(3))
+    options = dict(top_k=5, top_p=0.9, temperature=1.3)
+    tokens, _ = generate_tokens(
+        model, PROMPTS[:2] * 2, 8, uniforms=uniforms.repeat(2, 1), **options
+    )
+    assert torch.equal(tokens[:2], tokens[2:])
+    seeded, _ = generate_tokens(model, PROMPTS[:2], 8, seed=3, **options)
+    again, _ = generate_tokens(model, PROMPTS[:2], 8, seed=3, **options)
+    assert torch.equal(seeded, again)
+
+
+def test_top_k_one_is_greedy(model):
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(4))
+    u = torch.rand(64, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(sample_tokens(logits, u, top_k=1), logits.argmax(-1))
+    assert torch.equal(sample_tokens(logits, u, top_p=1e-6), logits.argmax(-1))
+    greedy, _ = generate_tokens(model, PROMPTS, 10, do_sample=False)
+    sampled, _ = generate_tokens(model, PROMPTS, 10, do_sample=True, top_k=1, seed=9)
+    assert torch.equal(sampled, greedy)
+
+
+def test_sample_tokens_rejects_bad_options():
+    logits, u = torch.zeros(2, 5), torch.rand(2)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        sample_tokens(logits, u, temperature=0.0)
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        sample_tokens(logits, u, top_k=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        sample_tokens(logits, u, top_p=1.5)
+    with pytest.raises(ValueError, match="one number per row"):
+        sample_tokens(logits, torch.rand(3))

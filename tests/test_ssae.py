@@ -4,6 +4,7 @@ import json
 import shutil
 
 import huggingface_hub.constants as hf_constants
+import numpy as np
 import pytest
 import torch
 from sae_lens import SAE
@@ -197,3 +198,145 @@ def test_per_sample_normalisation_decode_needs_encode_first():
     sae = _random_ssae("standardize")
     with pytest.raises(RuntimeError, match="per-sample"):
         SSAE(sae.cfg).decode(torch.zeros(1, 5))
+
+
+# ---------------------------------------------------------------------------- formulas
+@pytest.mark.parametrize("norm", ["standardize", "layer_norm"])
+def test_per_sample_normalisations_match_their_formulas(norm):
+    sae = _random_ssae(norm)
+    x = torch.randn(7, 12) * 4 + 2
+    xs = x.double().numpy()
+    mean = xs.mean(-1, keepdims=True)
+    if norm == "standardize":  # the SSAE reference code: unbiased std, eps outside the root
+        spread = xs.std(-1, ddof=1, keepdims=True) + 1e-5
+    else:  # torch layer_norm: biased variance, eps inside the root
+        spread = np.sqrt(xs.var(-1, keepdims=True) + 1e-5)
+    normalised = torch.from_numpy((xs - mean) / spread).float()
+    codes = sae.encode(x)
+    torch.testing.assert_close(codes, normalised @ sae.W_enc, atol=1e-5, rtol=1e-5)
+    # decode right after encode maps back with the same per-sample statistics
+    expected = (codes.double() @ sae.W_dec.double()).detach().numpy() * spread + mean
+    torch.testing.assert_close(sae.decode(codes), torch.from_numpy(expected).float())
+
+
+def test_code_layer_norm_matches_its_formula_and_precedes_topk():
+    sae = _random_ssae("none", code_normalization="layer_norm")
+    x = torch.randn(9, 12)
+    pre = (x @ sae.W_enc).double()
+    mean = pre.mean(-1, keepdim=True)
+    var = ((pre - mean) ** 2).mean(-1, keepdim=True)
+    expected = ((pre - mean) / (var + 1e-5).sqrt()).float()
+    codes, hidden_pre = sae.encode_with_hidden_pre(x)
+    torch.testing.assert_close(codes, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden_pre, pre.float())
+    topk = _random_ssae("none", code_normalization="layer_norm", topk=2)
+    kept = topk.encode(x)
+    keep = expected.abs().topk(2, dim=-1).indices
+    torch.testing.assert_close(
+        kept, torch.zeros_like(expected).scatter(-1, keep, expected.gather(-1, keep))
+    )
+
+
+def test_use_bias_makes_learned_biases_that_enter_encode_and_decode(tmp_path):
+    sae = _random_ssae("scale", use_bias=True)
+    names = dict(sae.named_parameters())
+    assert "b_enc" in names and "b_dec" in names
+    assert "b_enc" not in dict(_random_ssae("scale").named_parameters())
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.linspace(-1, 1, 5))
+        sae.b_dec.copy_(torch.linspace(0.5, -0.5, 12))
+    x = torch.randn(6, 12)
+    s = float(sae.shift_scale)
+    codes = sae.encode(x)
+    torch.testing.assert_close(codes, (x * s - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    torch.testing.assert_close(sae.decode(codes), (codes @ sae.W_dec + sae.b_dec) / s)
+    assert sae.encode(torch.zeros(1, 12)).abs().max() > 0  # a zero shift no longer maps to 0
+    sae.save_model(tmp_path)
+    loaded = SAE.load_from_disk(tmp_path)
+    torch.testing.assert_close(loaded(x), sae(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_normalize_decoder_preserves_reconstructions_and_rescales_codes(use_bias):
+    sae = _random_ssae("scale", use_bias=use_bias)
+    norms = torch.tensor([0.1, 0.5, 2.0, 3.0, 10.0])
+    with torch.no_grad():
+        sae.W_dec.mul_(norms[:, None])  # rows of norm 0.1 .. 10
+        if use_bias:
+            sae.b_enc.copy_(torch.linspace(-1, 1, 5))
+            sae.b_dec.copy_(torch.linspace(0.5, -0.5, 12))
+    x = torch.randn(8, 12)
+    before_out, before_codes = sae(x).detach(), sae.encode(x).detach()
+    sae.normalize_decoder()
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(sae(x), before_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.encode(x), before_codes * norms, atol=1e-5, rtol=1e-5)
+
+
+def test_training_losses_match_hand_computation():
+    from sae_lens.saes.sae import TrainStepInput
+
+    x = torch.randn(10, 6) * 3
+    for loss_kind in ("relative", "mse"):
+        cfg = TrainingSSAEConfig(
+            d_in=6, d_sae=3, reconstruction_loss=loss_kind, sparsity_target=0.4
+        )
+        sae = TrainingSSAE(cfg)
+        sae.fit_normalization(x)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(6, 3))
+            sae.W_dec.copy_(torch.randn(3, 6) * 2)  # the step projects rows to unit norm
+            sae.lagrange_multiplier.fill_(0.7)
+        w_dec = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=-1, keepdim=True)
+        xn = x * float(sae.shift_scale)
+        codes = xn @ sae.W_enc.detach()
+        err = ((codes @ w_dec - xn) ** 2).sum(-1)
+        expected = err / (xn**2).sum(-1) if loss_kind == "relative" else err
+        step = TrainStepInput(x, {}, None, n_training_steps=0, is_logging_step=False)
+        out = sae.training_forward_pass(step)
+        assert out.losses["recon_loss"].item() == pytest.approx(float(expected.mean()), rel=1e-5)
+        violation = float(codes.abs().mean()) - 0.4
+        assert out.losses["constraint_loss"].item() == pytest.approx(0.7 * violation, rel=1e-5)
+        assert out.loss.item() == pytest.approx(float(expected.mean()) + 0.7 * violation, rel=1e-5)
+
+
+def test_l1_loss_is_the_coefficient_times_the_mean_absolute_code():
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae = TrainingSSAE(TrainingSSAEConfig(d_in=6, d_sae=3, sparsity="l1", l1_coefficient=0.3))
+    assert sae.get_coefficients() == {"l1": 0.3}
+    x = torch.randn(10, 6)
+    sae.fit_normalization(x)
+    step = TrainStepInput(x, sae.get_coefficients(), None, 0, False)
+    out = sae.training_forward_pass(step)
+    codes = (x * float(sae.shift_scale)) @ sae.W_enc.detach()
+    assert out.losses["l1_loss"].item() == pytest.approx(0.3 * float(codes.abs().mean()), rel=1e-5)
+    assert "constraint_loss" not in out.losses
+    assert not sae.lagrange_multiplier.requires_grad
+
+
+def test_sparsity_target_ramp_is_linear_then_constant():
+    cfg = TrainingSSAEConfig(
+        d_in=4, d_sae=2, sparsity_target=0.1, sparsity_target_start=1.0,
+        sparsity_target_ramp_steps=10,
+    )  # fmt: skip
+    ramp = [cfg.sparsity_target_at(s) for s in (0, 5, 9, 10, 500)]
+    assert ramp == pytest.approx([1.0, 0.55, 0.19, 0.1, 0.1])
+    no_start = TrainingSSAEConfig(d_in=4, d_sae=2, sparsity_target_ramp_steps=10)
+    assert no_start.sparsity_target_at(0) == 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"decoder_init_norm": 0.1}, "decoder_init_norm=0.1 is a SAELens option"),
+        ({"normalize_activations": "layer_norm"}, "set shift_normalization instead"),
+        ({"apply_b_dec_to_input": False}, "always subtracts b_dec"),
+    ],
+)
+def test_sae_lens_options_the_ssae_does_not_implement_are_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingSSAEConfig(d_in=4, d_sae=2, **kwargs)
+    if "decoder_init_norm" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            SSAEConfig(d_in=4, d_sae=2, **kwargs)

@@ -385,6 +385,9 @@ def test_arithmetic():
     assert torch.equal((a + b).direction, torch.tensor([4.0, 4.0, 0.0]))
     assert torch.equal((a - b).direction, torch.tensor([2.0, 4.0, 0.0]))
     assert torch.equal((2 * a).direction, torch.tensor([6.0, 8.0, 0.0]))
+    assert torch.equal((a / 2).direction, torch.tensor([1.5, 2.0, 0.0]))
+    assert torch.equal((-a).direction, torch.tensor([-3.0, -4.0, 0.0]))
+    assert (-a.normalize()).normalized and not (2 * a.normalize()).normalized
     assert a.norm == pytest.approx(5.0) and a.normalize().norm == pytest.approx(1.0)
     assert a.normalize().provenance["norm_before_normalize"] == pytest.approx(5.0)
     assert torch.allclose(a.orthogonalize(b).direction, torch.tensor([0.0, 4.0, 0.0]))

@@ -47,3 +47,42 @@ def test_bad_arguments():
         make_synthetic_shifts(10, 3, 4)
     with pytest.raises(ValueError, match="injective"):
         make_synthetic_shifts(10, 9, 3, d=4)
+
+
+def test_value_distributions():
+    uniform = make_synthetic_shifts(4000, 9, 3, 64, values="uniform", seed=0).concept_changes
+    mags = uniform[uniform != 0].abs()
+    assert float(mags.min()) >= 0.5 and float(mags.max()) <= 1.5
+    assert float(mags.mean()) == pytest.approx(1.0, abs=0.02)  # U(0.5, 1.5)
+    assert float((uniform[uniform != 0] > 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+    normal = make_synthetic_shifts(4000, 9, 3, 64, values="normal", seed=0).concept_changes
+    changed = normal[normal != 0]
+    assert float(changed.mean()) == pytest.approx(0.0, abs=0.03)
+    assert float(changed.std()) == pytest.approx(1.0, abs=0.03)
+    assert float((changed.abs() < 0.5).float().mean()) == pytest.approx(0.383, abs=0.02)
+
+
+@pytest.mark.parametrize("kind", ["tanh", "cubic"])
+def test_nonlinearities_bend_the_clean_mixing_as_documented(kind):
+    d = make_synthetic_shifts(500, 6, 2, 16, nonlinearity=kind, seed=3)
+    clean = d.concept_changes @ d.mixing.T
+    if kind == "tanh":
+        scale = clean.abs().mean()
+        expected = torch.tanh(clean / scale) * scale
+    else:
+        expected = clean + 0.1 * clean**3
+    torch.testing.assert_close(d.shifts, expected)
+    assert not torch.allclose(d.shifts, clean, atol=1e-2)
+    # the nonlinearity leaves the ground truth (changes and mixing) as without it
+    plain = make_synthetic_shifts(500, 6, 2, 16, seed=3)
+    assert torch.equal(d.concept_changes, plain.concept_changes)
+    assert torch.equal(d.mixing, plain.mixing)
+
+
+def test_bad_choices_are_named():
+    with pytest.raises(ValueError, match="values must be"):
+        make_synthetic_shifts(10, values="gaussian")
+    with pytest.raises(ValueError, match="nonlinearity must be"):
+        make_synthetic_shifts(10, nonlinearity="relu")
+    with pytest.raises(ValueError, match="correlated pairs need"):
+        make_synthetic_shifts(10, 3, 1, correlated_pairs=2)

@@ -1,5 +1,6 @@
 """train_ssae: identifiability on synthetic shifts, sparsity modes, resuming, bad input."""
 
+import math
 import statistics
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from ssae_lens import TrainingSSAEConfig, train_ssae
 from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.ssae.training import ShuffledBatches
+from ssae_lens.ssae.training import ShuffledBatches, load_or_train_ssae
 
 
 def test_defaults_recover_concepts_on_synthetic_shifts():
@@ -28,10 +29,12 @@ def test_unconstrained_autoencoder_is_not_identifiable():
     assert mcc(aff.encode(data.shifts).detach(), data.concept_changes) < 0.8
 
 
-def _small_run(steps=300, **overrides):
+def _small_run(steps=300, log_every=50, **overrides):
     data = make_synthetic_shifts(2_000, 4, 2, 16, seed=1)
     cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=steps, batch_size=64, **overrides)
-    return data, train_ssae(data.shifts, cfg, seed=0, return_trainer=True)
+    return data, train_ssae(
+        data.shifts, cfg, seed=0, return_trainer=True, log_every=log_every, progress=False
+    )
 
 
 def test_constraint_is_met_and_logged():
@@ -166,3 +169,96 @@ def test_load_or_train_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     with pytest.warns(CacheWarning, match="missing"):
         load()
     assert len(calls) == 4
+
+
+def test_multiplier_stays_exactly_zero_when_the_constraint_holds_from_the_start():
+    # Unit-norm rows and unit mean-square shifts keep mean |c| far below a target of 5, so
+    # gradient ascent pushes the multiplier down every step and the projection holds it at 0.
+    _, (_, trainer) = _small_run(steps=40, sparsity_target=5.0, log_every=1)
+    assert len(trainer.history) == 40
+    assert all(r.constraint_violation < 0 for r in trainer.history)
+    assert all(r.lagrange_multiplier == 0.0 for r in trainer.history)
+
+
+def test_multiplier_learning_rate_is_the_ratio_of_the_weights_rate_at_every_step():
+    def multiplier_at_step_10(ratio):
+        _, (_, trainer) = _small_run(
+            steps=100, sparsity_target=0.01, multiplier_lr_ratio=ratio, log_every=10
+        )
+        primal, multiplier = trainer.optimizer.param_groups
+        assert multiplier["lr"] == pytest.approx(primal["lr"] * ratio, abs=1e-12)  # at the end
+        return trainer.history[0].lagrange_multiplier
+
+    # The constraint is violated throughout the first steps, so the multiplier climbs by
+    # about its learning rate per step (Adam): 4x the rate gives ~4x the multiplier.
+    assert multiplier_at_step_10(1.0) / multiplier_at_step_10(0.25) == pytest.approx(4.0, rel=0.1)
+    assert multiplier_at_step_10(0.0) == 0.0
+
+
+def test_learning_rate_follows_a_cosine_from_lr_to_lr_times_lr_end_ratio():
+    _, (_, trainer) = _small_run(steps=40, lr=0.02, lr_end_ratio=0.25, log_every=1)
+    end = 0.02 * 0.25
+    for r in trainer.history:  # the rate after `step` scheduler steps
+        expected = end + (0.02 - end) * (1 + math.cos(math.pi * r.step / 40)) / 2
+        assert r.lr == pytest.approx(expected, rel=1e-6)
+    assert trainer.history[-1].lr == pytest.approx(end)
+
+
+def test_sparsity_target_ramp_is_what_the_training_steps_use():
+    _, (_, trainer) = _small_run(
+        steps=40, sparsity_target=0.1, sparsity_target_start=0.5, sparsity_target_ramp_steps=20,
+        log_every=1,
+    )  # fmt: skip
+    targets = [r.sparsity_target for r in trainer.history]
+    assert targets[0] == pytest.approx(0.5)
+    assert all(a >= b for a, b in zip(targets, targets[1:], strict=False))
+    assert targets[10] == pytest.approx(0.5 - 0.4 * 10 / 20)  # linear in the step
+    assert targets[20:] == pytest.approx([0.1] * 20)
+
+
+def test_use_bias_learns_the_mean_shift_that_no_bias_cannot_represent():
+    data = make_synthetic_shifts(2_000, 4, 2, 16, seed=1)
+    offset = torch.zeros(16)
+    offset[0] = 2.0
+    shifts = data.shifts + offset
+    cfg = dict(d_in=16, d_sae=4, training_steps=300, batch_size=64)
+    biased = train_ssae(shifts, TrainingSSAEConfig(use_bias=True, **cfg), seed=0, progress=False)
+    plain = train_ssae(shifts, TrainingSSAEConfig(**cfg), seed=0, progress=False)
+    assert torch.equal(plain.b_dec, torch.zeros(16)) and "b_dec" in dict(plain.named_buffers())
+    b = biased.b_dec.detach()
+    assert float(b @ offset / (b.norm() * offset.norm())) > 0.95
+
+    def rel_err(sae):
+        return float((sae(shifts).detach() - shifts).pow(2).sum() / shifts.pow(2).sum())
+
+    assert rel_err(biased) < 0.5 * rel_err(plain)
+
+
+def test_code_layer_norm_trains_and_gives_standardised_codes():
+    data, (sae, _) = _small_run(steps=100, code_normalization="layer_norm")
+    codes = sae.encode(data.shifts).detach()
+    torch.testing.assert_close(codes.mean(-1), torch.zeros(len(codes)), atol=1e-5, rtol=0)
+    var = codes.var(-1, unbiased=False)  # pre-codes var / (var + eps): 1 unless nearly constant
+    assert bool((var <= 1 + 1e-5).all()) and float(var.median()) > 0.99
+
+
+def test_seeds_give_different_models_and_the_cache_key_covers_the_seed(tmp_path):
+    data = make_synthetic_shifts(500, 4, 2, 16, seed=4)
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64)
+    first = load_or_train_ssae(data.shifts, cfg, seed=0, cache_dir=tmp_path, progress=False)
+    other = load_or_train_ssae(data.shifts, cfg, seed=1, cache_dir=tmp_path, progress=False)
+    assert not torch.equal(first.W_dec, other.W_dec)
+    assert len(list(tmp_path.iterdir())) == 2
+    again = load_or_train_ssae(data.shifts, cfg, seed=0, cache_dir=tmp_path, progress=False)
+    assert torch.equal(again.W_dec, first.W_dec)
+    assert len(list(tmp_path.iterdir())) == 2
+    # other data or another config is another entry too
+    load_or_train_ssae(data.shifts * 2, cfg, seed=0, cache_dir=tmp_path, progress=False)
+    cfg_l1 = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64, sparsity="l1")
+    load_or_train_ssae(data.shifts, cfg_l1, seed=0, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.iterdir())) == 4
+    # training left the caller's config as it was (SAELens's trainer writes into the metadata)
+    assert (
+        cfg.to_dict()
+        == TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64).to_dict()
+    )

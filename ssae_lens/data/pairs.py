@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import difflib
 import hashlib
+import io
 import json
 import math
 import operator
@@ -50,19 +51,44 @@ PairLabels = dict[str, LabelValue]
 Encoding = Literal["change", "onehot"]
 
 
+class PairsError(ValueError):
+    """Pairs that cannot be built or loaded; the message names the pair, line or column."""
+
+
+class PairsTypeError(PairsError, TypeError):
+    """A :class:`PairsError` about a value of the wrong type (also a ``TypeError``)."""
+
+
+class MissingColumnsError(PairsError):
+    """A row, file or dataset lacks the columns named for the source, target or labels."""
+
+    def __init__(self, missing: Sequence[str], available: Iterable[str], where: str):
+        self.missing, self.available, self.where = list(missing), list(available), where
+        names = ", ".join(repr(m) for m in self.missing)
+        plural = "s" if len(self.missing) > 1 else ""
+        super().__init__(
+            f"{where} has no {names} column{plural}; available columns: {self.available}. Pass "
+            "source_key=, target_key= or label_keys= naming the right ones."
+        )
+
+
 class DuplicatePairsWarning(UserWarning):
     """Some ``(source, target)`` pairs occur more than once (see ``ConceptPairs.deduplicate``)."""
+
+
+class IdenticalPairsWarning(UserWarning):
+    """Some pairs have the same source and target text: their shift is zero."""
 
 
 def split_indices(n: int, test_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """A seeded random split of ``range(n)`` into sorted ``(train, test)`` indices;
     ``round(n * test_fraction)`` go to test (pairs, or synthetic shifts)."""
     if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}.")
+        raise PairsError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}.")
     n_test = round(n * test_fraction)
     if n_test in (0, n):
         empty = "test" if n_test == 0 else "train"
-        raise ValueError(
+        raise PairsError(
             f"Splitting {n} pairs with test_fraction={test_fraction} leaves the {empty} set "
             "empty; use more pairs or a less extreme fraction."
         )
@@ -77,14 +103,14 @@ def _pair_place(i: int) -> str:
 
 def _check_text(text: object, side: str, place: str) -> str:
     if text is None:
-        raise ValueError(f"{place}: {side} is missing; every pair needs a source and a target.")
+        raise PairsError(f"{place}: {side} is missing; every pair needs a source and a target.")
     if not isinstance(text, str):
-        raise TypeError(
+        raise PairsTypeError(
             f"{place}: {side} is {type(text).__name__} ({text!r}), expected a string; "
             "convert it with str() or fix the data."
         )
     if not text.strip():
-        raise ValueError(
+        raise PairsError(
             f"{place}: {side} is empty ({text!r}); every pair needs non-empty text on both "
             "sides: fill it in or drop that row."
         )
@@ -96,10 +122,10 @@ def _check_texts(
 ) -> tuple[list[str], list[str]]:
     for side, texts in (("sources", sources), ("targets", targets)):
         if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
-            raise TypeError(f"{side} must be a list of strings, got {type(texts).__name__}.")
+            raise PairsTypeError(f"{side} must be a list of strings, got {type(texts).__name__}.")
     sources, targets = list(sources), list(targets)
     if len(sources) != len(targets):
-        raise ValueError(
+        raise PairsError(
             f"sources has {len(sources)} texts but targets has {len(targets)}; they must pair "
             "up one to one."
         )
@@ -114,7 +140,7 @@ def _check_value(value: object, where: str) -> LabelValue:
         return int(value)
     if isinstance(value, Real):
         if not math.isfinite(value):
-            raise ValueError(f"{where} is {value}; label values must be finite.")
+            raise PairsError(f"{where} is {value}; label values must be finite.")
         return value if isinstance(value, int) else float(value)
     if (
         isinstance(value, (tuple, list))
@@ -122,7 +148,7 @@ def _check_value(value: object, where: str) -> LabelValue:
         and all(isinstance(v, str) and v for v in value)
     ):
         return (value[0], value[1])
-    raise TypeError(
+    raise PairsTypeError(
         f"{where} is {value!r}; a label must be a number (signed change, e.g. 1, 0, -1) or a "
         "(source_value, target_value) pair of non-empty strings."
     )
@@ -134,12 +160,12 @@ def _check_labels(
     if labels is None:
         return None
     if isinstance(labels, Mapping) or not isinstance(labels, Iterable):
-        raise TypeError(
+        raise PairsTypeError(
             f"labels must be a list with one dict per pair, got {type(labels).__name__}."
         )
     labels = list(labels)
     if len(labels) != n:
-        raise ValueError(
+        raise PairsError(
             f"labels has {len(labels)} entries but there are {n} pairs; give one dict per pair "
             "(an empty dict for a pair that changes no labelled concept)."
         )
@@ -147,14 +173,14 @@ def _check_labels(
     checked = []
     for i, pair_labels in enumerate(labels):
         if not isinstance(pair_labels, Mapping):
-            raise TypeError(
+            raise PairsTypeError(
                 f"{place(i)}: labels must be a dict {{concept: value}}, "
                 f"got {type(pair_labels).__name__}."
             )
         row: PairLabels = {}
         for concept, value in pair_labels.items():
             if not isinstance(concept, str) or not concept:
-                raise TypeError(
+                raise PairsTypeError(
                     f"{place(i)}: concept names must be non-empty strings, got {concept!r}."
                 )
             if value is None:
@@ -162,7 +188,7 @@ def _check_labels(
             value = _check_value(value, f"{place(i)}: label {concept!r}")
             kind = "categorical" if isinstance(value, tuple) else "numeric"
             if kinds.setdefault(concept, kind) != kind:
-                raise ValueError(
+                raise PairsError(
                     f"{place(i)}: concept {concept!r} is {kind} here but {kinds[concept]} in "
                     "earlier pairs; use one kind of value per concept."
                 )
@@ -177,17 +203,6 @@ def _changed(value: LabelValue | None) -> bool:
     if isinstance(value, tuple):
         return value[0] != value[1]
     return value != 0
-
-
-def _missing_columns_error(
-    missing: Sequence[str], available: Iterable[str], where: str
-) -> ValueError:
-    names = ", ".join(repr(m) for m in missing)
-    plural = "s" if len(missing) > 1 else ""
-    return ValueError(
-        f"{where} has no {names} column{plural}; available columns: {list(available)}. Pass "
-        "source_key=, target_key= or label_keys= naming the right ones."
-    )
 
 
 @dataclass(repr=False)
@@ -215,11 +230,13 @@ class ConceptPairs:
 
     def __post_init__(self) -> None:
         self.sources, self.targets = _check_texts(self.sources, self.targets, _pair_place)
+        if not self.sources:
+            raise PairsError("ConceptPairs needs at least one pair; got empty sources and targets.")
         self.labels = _check_labels(self.labels, len(self.sources), _pair_place)
         if self.metadata is None:
             self.metadata = {}
         elif not isinstance(self.metadata, Mapping):
-            raise TypeError(f"metadata must be a dict, got {type(self.metadata).__name__}.")
+            raise PairsTypeError(f"metadata must be a dict, got {type(self.metadata).__name__}.")
         else:
             self.metadata = dict(self.metadata)
         n_duplicates = self.n_duplicates()
@@ -228,6 +245,15 @@ class ConceptPairs:
                 f"{n_duplicates} of {len(self)} pairs repeat an earlier (source, target) pair; "
                 "call .deduplicate() to drop them.",
                 DuplicatePairsWarning,
+                stacklevel=3,
+            )
+        identical = [i for i, (s, t) in enumerate(self) if s == t]
+        if identical:
+            warnings.warn(
+                f"{len(identical)} of {len(self)} pairs have the same source and target text "
+                f"(first: pair {identical[0]}, {self.sources[identical[0]]!r}), so their shift is "
+                "zero and they teach an SSAE nothing; drop them or fix the target.",
+                IdenticalPairsWarning,
                 stacklevel=3,
             )
 
@@ -279,7 +305,7 @@ class ConceptPairs:
 
     def _require_labels(self, what: str) -> list[PairLabels]:
         if self.labels is None:
-            raise ValueError(
+            raise PairsError(
                 f"{what} needs labels but these pairs have none; build them with labels=[...] "
                 "or load them with label_keys=[...]."
             )
@@ -289,14 +315,14 @@ class ConceptPairs:
         known = self.concepts
         if concepts is None:
             if not known:
-                raise ValueError("These pairs have labels, but no pair names a concept.")
+                raise PairsError("These pairs have labels, but no pair names a concept.")
             return known
         names = [concepts] if isinstance(concepts, str) else list(concepts)
         for name in names:
             if name not in known:
                 close = difflib.get_close_matches(name, known, n=1)
                 hint = f"did you mean {close[0]!r}? " if close else ""
-                raise ValueError(f"Unknown concept {name!r}; {hint}labelled concepts: {known}.")
+                raise PairsError(f"Unknown concept {name!r}; {hint}labelled concepts: {known}.")
         return names
 
     def label_matrix(
@@ -316,7 +342,7 @@ class ConceptPairs:
             encoding: ``"change"`` or ``"onehot"``.
         """
         if encoding not in ("change", "onehot"):
-            raise ValueError(f"encoding must be 'change' or 'onehot', got {encoding!r}.")
+            raise PairsError(f"encoding must be 'change' or 'onehot', got {encoding!r}.")
         labels = self._require_labels("label_matrix")
         columns: list[list[float]] = []
         names: list[str] = []
@@ -348,7 +374,7 @@ class ConceptPairs:
         """The pairs at ``indices`` (ints, negative allowed; a 1-D tensor works), in that order."""
         if isinstance(indices, Tensor):
             if indices.dtype == torch.bool:
-                raise TypeError(
+                raise PairsTypeError(
                     "subset takes indices; for a boolean mask use mask.nonzero()[:, 0]."
                 )
             indices = indices.tolist()
@@ -356,13 +382,13 @@ class ConceptPairs:
         picked = []
         for index in indices:
             if isinstance(index, bool):
-                raise TypeError(
+                raise PairsTypeError(
                     "indices must be ints, got a bool; for a mask use a list of indices."
                 )
             try:
                 i = operator.index(index)
             except TypeError:
-                raise TypeError(
+                raise PairsTypeError(
                     f"indices must be ints, got {type(index).__name__} ({index!r})."
                 ) from None
             if not -n <= i < n:
@@ -390,7 +416,7 @@ class ConceptPairs:
                 differing categorical values).
         """
         if predicate is None and changed is None:
-            raise ValueError("filter needs a predicate, changed=..., or both.")
+            raise PairsError("filter needs a predicate, changed=..., or both.")
         must_change = [] if changed is None else self._resolve_concepts(changed)
         if must_change:
             self._require_labels("filter(changed=...)")
@@ -438,10 +464,10 @@ class ConceptPairs:
     ) -> ConceptPairs:
         """Join several ``ConceptPairs`` (all labelled or all unlabelled) into one."""
         if not parts:
-            raise ValueError("concat needs at least one ConceptPairs.")
+            raise PairsError("concat needs at least one ConceptPairs.")
         labelled = {part.labels is not None for part in parts}
         if len(labelled) > 1:
-            raise ValueError(
+            raise PairsError(
                 "concat got labelled and unlabelled parts; a missing label would read as "
                 "'unchanged', so label every part (or drop the labels) first."
             )
@@ -484,8 +510,7 @@ class ConceptPairs:
         origin: str,
     ) -> ConceptPairs:
         """Build from ``(place, mapping)`` rows; ``place`` locates a row in error messages."""
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
+        label_keys = _label_keys(label_keys, source_key, target_key)
         sources: list[str] = []
         targets: list[str] = []
         labels: list[Mapping[str, Any]] = []
@@ -493,14 +518,14 @@ class ConceptPairs:
         nested: bool | None = None
         for place, row in rows:
             if not isinstance(row, Mapping):
-                raise TypeError(
+                raise PairsTypeError(
                     f"{place}: expected a mapping with {source_key!r} and {target_key!r}, "
                     f"got {type(row).__name__}."
                 )
             wanted = [source_key, target_key, *(label_keys or ())]
             missing = [key for key in wanted if key not in row]
             if missing:
-                raise _missing_columns_error(missing, row.keys(), place)
+                raise MissingColumnsError(missing, row.keys(), place)
             source = _check_text(row[source_key], "source", place)
             target = _check_text(row[target_key], "target", place)
             if label_keys is not None:
@@ -510,7 +535,7 @@ class ConceptPairs:
                 if nested is None:
                     nested = has_labels
                 elif has_labels != nested:
-                    raise ValueError(
+                    raise PairsError(
                         f"{place}: {'has' if has_labels else 'lacks'} a 'labels' field unlike "
                         "the first row; label every row or none."
                     )
@@ -522,7 +547,7 @@ class ConceptPairs:
             labels.append(pair_labels)
             places.append(place)
         if not sources:
-            raise ValueError(f"No pairs found in {origin}.")
+            raise PairsError(f"No pairs found in {origin}.")
         has_labels = label_keys is not None or bool(nested)
         checked = _check_labels(labels, len(sources), places.__getitem__) if has_labels else None
         return cls(sources, targets, checked, dict(metadata or {}))
@@ -557,24 +582,28 @@ class ConceptPairs:
         label_keys: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> ConceptPairs:
-        """Read one JSON object per line (blank lines skipped); fields as in ``from_records``.
+        """Read one JSON object per line (UTF-8, with or without a BOM; blank lines skipped);
+        fields as in ``from_records``.
 
         ``metadata`` defaults to ``{"name": <file stem>, "path": <path>}``.
         """
         path = Path(path)
+        text = _read_text(path)
 
         def rows() -> Iterator[tuple[str, Any]]:
-            with path.open(encoding="utf-8") as f:
-                for line_number, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(
-                            f"line {line_number} of {path} is not valid JSON ({err.msg})."
-                        ) from None
-                    yield f"line {line_number} of {path}", row
+            for line_number, line in enumerate(text.split("\n"), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as err:
+                    reason = (
+                        err.msg if isinstance(err, json.JSONDecodeError) else "nested too deeply"
+                    )
+                    raise PairsError(
+                        f"line {line_number} of {path} is not valid JSON ({reason})."
+                    ) from None
+                yield f"line {line_number} of {path}", row
 
         if metadata is None:
             metadata = {"name": path.stem, "path": str(path)}
@@ -590,19 +619,20 @@ class ConceptPairs:
         metadata: Mapping[str, Any] | None = None,
         delimiter: str = ",",
     ) -> ConceptPairs:
-        """Read a CSV file with a header row (UTF-8).
+        """Read a CSV file with a header row (UTF-8, with or without the BOM Excel writes).
 
-        Label columns (``label_keys``) must hold numbers (signed changes); an empty cell means
-        the concept is absent from that pair. Use JSONL for categorical labels.
+        A row with more cells than the header (an unquoted comma in a text) is an error naming
+        its line: quote such texts (``"Hello, my friend"``). Label columns (``label_keys``) must
+        hold numbers (signed changes); an empty cell means the concept is absent from that
+        pair. Use JSONL for categorical labels.
         ``metadata`` defaults to ``{"name": <file stem>, "path": <path>}``.
         """
         path = Path(path)
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
+        label_keys = _label_keys(label_keys, source_key, target_key)
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+        try:
             if reader.fieldnames is None:
-                raise ValueError(
+                raise PairsError(
                     f"{path} is empty; expected a header row naming {source_key!r} and "
                     f"{target_key!r}."
                 )
@@ -612,13 +642,23 @@ class ConceptPairs:
                 if k not in reader.fieldnames
             ]
             if missing:
-                raise _missing_columns_error(missing, reader.fieldnames, str(path))
+                raise MissingColumnsError(missing, reader.fieldnames, str(path))
             rows = []
             for row in reader:
                 place = f"line {reader.line_num} of {path}"
+                if None in row:  # DictReader's key for the cells beyond the header's
+                    raise PairsError(
+                        f"{place} has {len(reader.fieldnames) + len(row[None])} cells but the "
+                        f"header has {len(reader.fieldnames)} ({reader.fieldnames}); quote texts "
+                        'that contain the delimiter, e.g. "Hello, my friend".'
+                    )
                 for key in label_keys or ():
                     row[key] = _parse_number(row[key], f"{place}: column {key!r}")
                 rows.append((place, row))
+        except csv.Error as err:
+            raise PairsError(
+                f"line {reader.line_num} of {path} is not valid CSV ({err})."
+            ) from None
         if metadata is None:
             metadata = {"name": path.stem, "path": str(path)}
         return cls._from_rows(rows, source_key, target_key, label_keys, metadata, str(path))
@@ -640,18 +680,17 @@ class ConceptPairs:
         """
         columns = getattr(dataset, "column_names", None)
         if isinstance(columns, Mapping):
-            raise TypeError(
+            raise PairsTypeError(
                 f"Got a DatasetDict with splits {list(columns)}; pass one split, e.g. "
                 f"dataset[{next(iter(columns), 'train')!r}]."
             )
         if columns is None:
-            raise TypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
-        if isinstance(label_keys, str):
-            label_keys = [label_keys]
+            raise PairsTypeError(f"Expected a datasets.Dataset, got {type(dataset).__name__}.")
+        label_keys = _label_keys(label_keys, source_key, target_key)
         wanted = [source_key, target_key, *(label_keys or ())]
         missing = [key for key in wanted if key not in columns]
         if missing:
-            raise _missing_columns_error(missing, columns, "the dataset")
+            raise MissingColumnsError(missing, columns, "the dataset")
         if label_keys is None and "labels" in columns:
             wanted.append("labels")
         records = dataset.select_columns(wanted).to_list()
@@ -677,6 +716,35 @@ class ConceptPairs:
         return path
 
 
+def _label_keys(
+    label_keys: str | Sequence[str] | None, source_key: str, target_key: str
+) -> list[str] | None:
+    """``label_keys`` as a list of distinct field names other than the texts' fields."""
+    if label_keys is None:
+        return None
+    keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+    for key in keys:
+        if not isinstance(key, str):
+            raise PairsTypeError(f"label_keys must be field names (strings), got {key!r}.")
+        if key in (source_key, target_key):
+            raise PairsError(
+                f"label_keys names {key!r}, the field of the pair's texts; name label fields."
+            )
+    if len(set(keys)) != len(keys):
+        raise PairsError(f"label_keys names a field twice: {keys}.")
+    return keys
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, decoded as UTF-8 with an optional BOM (Excel writes one)."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise PairsError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8."
+        ) from None
+
+
 def _parse_number(cell: str | None, where: str) -> int | float | None:
     if cell is None or not cell.strip():
         return None
@@ -687,7 +755,7 @@ def _parse_number(cell: str | None, where: str) -> int | float | None:
     try:
         return float(cell)
     except ValueError:
-        raise ValueError(
+        raise PairsError(
             f"{where} holds {cell!r}; CSV label columns must be numbers (signed changes). "
             "Use JSONL for categorical labels."
         ) from None

@@ -8,15 +8,15 @@ The method of Chalnev, Siu & Conmy (2024), for any SAELens dictionary, one modul
    of each direction on the mean SAE feature activations of text generated under steering.
 3. :mod:`~ssae_lens.sae_ts.effect_model`: the linear map ``y ~ s W + b``.
 4. :mod:`~ssae_lens.sae_ts.vectors`: vectors for a weighted feature set ``t``: SAE-TS
-   (``normalise(normalise(W t) - lambda normalise(W b))``), the pseudo-inverse and rotation
-   variants, and the decoder-row baseline.
+   (``normalise(normalise(W t) - lambda normalise(W b))``), the pseudo-inverse
+   (``normalise((t / |t| - b) W^+)``) and rotation variants, and the decoder-row baseline.
 
 ::
 
     scales = calibrate_scales(model, dirs, hook, reference_texts=texts)
     effects = measure_effects(model, sae, dirs, scales, prompts=prompts, cache_dir="effects")
     effect_model, report = EffectModel.fit(dirs, effects)
-    v = sae_ts_vector(effect_model, {123: 1.0})
+    v = sae_ts_vector(effect_model, {123: 0.5, 456: 0.5})
 
 :func:`effect_directions` builds the directions (decoder rows, mixes, random);
 :class:`EffectData` keeps measured effects with the SAE's identity and the settings, and
@@ -32,6 +32,7 @@ from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
 from ssae_lens.sae_ts.effects import measure_effects, side_effect_ratio
 from ssae_lens.sae_ts.vectors import (
     Target,
+    decoder_rotation,
     decoder_row_vector,
     pinv_vector,
     rotation_vector,
@@ -44,6 +45,7 @@ __all__ = [
     "FitReport",
     "Target",
     "calibrate_scales",
+    "decoder_rotation",
     "decoder_row_vector",
     "dictionary_identity",
     "effect_directions",

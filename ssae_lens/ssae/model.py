@@ -34,7 +34,10 @@ calls it) and saved with the weights, so a loaded model reproduces them.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+from numbers import Real
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
@@ -50,6 +53,7 @@ from sae_lens.saes.sae import TrainCoefficientConfig, TrainStepInput, TrainStepO
 from torch import Tensor, nn
 from typing_extensions import override
 
+from ssae_lens._core.finite import check_finite_weights
 from ssae_lens._core.rng import scoped_seed
 
 ShiftNormalization = Literal["none", "scale", "standardize", "layer_norm", "whiten"]
@@ -73,6 +77,14 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ValueError(f"Unknown {name} {value!r}; choose one of {list(choices)}.{hint}")
 
 
+def _check_finite(cfg: object) -> None:
+    """Raise unless every number among the config's fields is finite (NaN passes ``<= 0``)."""
+    for f in fields(cfg):  # type: ignore[arg-type]
+        value = getattr(cfg, f.name)
+        if isinstance(value, Real) and not isinstance(value, bool) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}.")
+
+
 @dataclass(kw_only=True)
 class _SSAEArchitectureConfig:
     """Fields shared by the inference and training configs of an SSAE."""
@@ -83,6 +95,7 @@ class _SSAEArchitectureConfig:
     topk: int | None = None
 
     def _validate_ssae_fields(self, d_in: int, d_sae: int) -> None:
+        _check_finite(self)
         if not isinstance(d_in, int) or d_in < 1:
             raise ValueError(f"d_in must be a positive int (the shift width), got {d_in!r}.")
         if not isinstance(d_sae, int) or d_sae < 1:
@@ -99,6 +112,18 @@ class _SSAEArchitectureConfig:
             )
         if self.topk is not None and not 1 <= self.topk <= d_sae:
             raise ValueError(f"topk must be in [1, d_sae={d_sae}] or None, got {self.topk}.")
+        # Options inherited from SAELens's base configs that the SSAE does not implement.
+        normalize = getattr(self, "normalize_activations", "none")
+        if normalize != "none":
+            raise ValueError(
+                f"normalize_activations={normalize!r} is SAELens's input normalisation, which "
+                "the SSAE does not use; leave it 'none' and set shift_normalization instead."
+            )
+        if not getattr(self, "apply_b_dec_to_input", True):
+            raise ValueError(
+                "apply_b_dec_to_input=False is not supported: the SSAE always subtracts b_dec "
+                "(zero unless use_bias=True) from the normalised shift."
+            )
 
 
 @dataclass
@@ -148,6 +173,8 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
     lr_end_ratio: float = 0.1
     batch_size: int = 256
     training_steps: int = 3000
+    # SAELens's TrainingSAEConfig field; the SSAE's decoder rows have unit norm from the
+    # start and after every step, so it must stay None (checked in __post_init__).
     decoder_init_norm: float | None = None
 
     @override
@@ -164,11 +191,21 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
                 "sparsity='topk' needs topk=<units to keep>, and topk needs sparsity='topk'; "
                 f"got sparsity={self.sparsity!r}, topk={self.topk!r}."
             )
-        if self.sparsity_target <= 0:
-            raise ValueError(f"sparsity_target must be > 0, got {self.sparsity_target}.")
-        for name in ("lr", "batch_size", "training_steps"):
+        if self.decoder_init_norm is not None:
+            raise ValueError(
+                f"decoder_init_norm={self.decoder_init_norm} is a SAELens option the SSAE does "
+                "not use (its decoder rows always have unit norm); leave it None."
+            )
+        for name in ("sparsity_target", "lr", "lr_end_ratio", "batch_size", "training_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.sparsity_target_start is not None and self.sparsity_target_start <= 0:
+            raise ValueError(
+                f"sparsity_target_start must be > 0 or None, got {self.sparsity_target_start}."
+            )
+        for name in ("multiplier_lr_ratio", "l1_coefficient", "sparsity_target_ramp_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
         super().__post_init__()
 
     def sparsity_target_at(self, step: int) -> float:
@@ -210,6 +247,23 @@ class _SSAECore:
         elif cfg.shift_normalization == "whiten":
             self.register_buffer("whitening", torch.eye(cfg.d_in, **kw))
             self.register_buffer("unwhitening", torch.eye(cfg.d_in, **kw))
+
+    def get_activation_fn(self) -> nn.Module:
+        """None: the codes are signed (SAELens's default here would be a ReLU)."""
+        return nn.Identity()
+
+    def save_model(self, path: str | Path) -> tuple[Path, Path]:
+        """SAELens's ``save_model``, refused (before writing anything) for non-finite weights."""
+        check_finite_weights(self, f"save to {str(path)!r}")
+        return super().save_model(path)  # type: ignore[misc]
+
+    def _check_width(self, x: Tensor, width: int, name: str, what: str) -> None:
+        if x.shape[-1] != width:
+            raise ValueError(
+                f"{what} must have last dimension {name}={width} for this SSAE, got shape "
+                f"{tuple(x.shape)}; pass {what} of the hook point it was trained on "
+                f"({self.cfg.metadata.hook_name or 'see cfg.metadata.hook_name'})."
+            )
 
     def _setup_activation_normalization(self) -> None:
         # SAELens calls this hook in SAE.__init__; it installs the shift normalisation.
@@ -282,6 +336,7 @@ class _SSAECore:
         self, x: Float[Tensor, "... d_in"]
     ) -> tuple[Float[Tensor, "... d_sae"], Float[Tensor, "... d_sae"]]:
         """Return ``(codes, pre-codes)``: pre-codes before code normalisation / TopK."""
+        self._check_width(x, self.cfg.d_in, "d_in", "shifts")
         return self._codes_of_normalized(self.process_sae_in(x))
 
     def _codes_of_normalized(self, sae_in: Tensor) -> tuple[Tensor, Tensor]:
@@ -301,6 +356,7 @@ class _SSAECore:
 
     def decode(self, feature_acts: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
         """Shifts reconstructed from codes, in the raw shift space."""
+        self._check_width(feature_acts, self.cfg.d_sae, "d_sae", "codes")
         out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
         return self.run_time_activation_norm_fn_out(out)
 
@@ -326,7 +382,7 @@ class _SSAECore:
         return rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
     def steering_vector(self, i: int) -> Float[Tensor, " d_in"]:
-        """Unit-norm decoder column ``i`` in the model's activation space."""
+        """Unit-norm decoder row ``i`` in the model's activation space."""
         if not -self.cfg.d_sae <= i < self.cfg.d_sae:
             raise IndexError(f"latent {i} out of range for d_sae={self.cfg.d_sae}.")
         return self.steering_directions()[i]

@@ -10,6 +10,7 @@ one), and a progress bar that shows the multiplier and constraint violation.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
@@ -28,21 +30,35 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssae_lens._core.cache import is_cached, write_cached_folder
+from ssae_lens._core.cache import is_cached, tensor_digest, write_cached_folder
+from ssae_lens._core.finite import NonFiniteError, check_finite_weights
 from ssae_lens._core.io import write_json_atomic, write_text_atomic
 from ssae_lens._core.rng import scoped_seed
 from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.ssae.model import SSAE, TrainingSSAE, TrainingSSAEConfig
 
 DATA_STATE_FILENAME = "data_provider_state.json"
+RUN_STATE_FILENAME = "run_identity.json"
 HISTORY_FILENAME = "history.jsonl"
 _NORM_ESTIMATE_SAMPLES = 100_000
+
+
+def as_shifts(x: Any) -> Any:
+    """A numpy array as a tensor (sharing its memory); anything else as it is."""
+    if isinstance(x, np.ndarray):
+        if not np.issubdtype(x.dtype, np.floating):
+            raise TypeError(f"shifts must be a float array, got a numpy array of dtype {x.dtype}.")
+        return torch.from_numpy(x)
+    return x
 
 
 def check_shifts(x: Tensor, d_in: int, what: str = "shifts") -> None:
     """Raise a clear error unless ``x`` is a finite, non-empty ``(n, d_in)`` tensor."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor of shape (n, {d_in}), got {type(x)}.")
+        raise TypeError(
+            f"{what} must be a torch.Tensor (or a numpy array) of shape (n, {d_in}), got "
+            f"{type(x).__name__}."
+        )
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{what} must have shape (n > 0, {d_in}), got {tuple(x.shape)}.")
     if x.shape[1] != d_in:
@@ -105,6 +121,7 @@ class _CheckedBatches(Iterator[Tensor]):
                 f"The data iterator ran out after {self.n_seen} batches; pass a tensor, an "
                 "endless iterator, or lower training_steps."
             ) from None
+        batch = as_shifts(batch)
         check_shifts(batch, self.d_in, what=f"batch {self.n_seen}")
         self.n_seen += 1
         return batch
@@ -123,6 +140,31 @@ class TrainingRecord:
     lr: float
 
 
+class _MultiplierFollowsLR:
+    """SAELens's learning-rate schedule, with the multiplier's group (if any) held at
+    ``ratio`` times the weights' rate at every step.
+
+    On its own, SAELens's cosine schedule anneals every group to the same absolute
+    ``lr_end``: the multiplier's rate would end at ``lr_end`` whatever the ratio (and
+    grow from 0 to it with ``multiplier_lr_ratio=0``).
+    """
+
+    def __init__(self, schedule: Any, optimizer: torch.optim.Optimizer, ratio: float):
+        self.schedule, self.optimizer, self.ratio = schedule, optimizer, ratio
+
+    def step(self) -> None:
+        self.schedule.step()
+        groups = self.optimizer.param_groups
+        if len(groups) > 1:
+            groups[1]["lr"] = groups[0]["lr"] * self.ratio
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state)
+
+
 class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
     """SAELens's ``SAETrainer`` with the SSAE's multiplier learning rate and history.
 
@@ -132,10 +174,19 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
     ``metrics/constraint_violation`` through SAELens's logger.
     """
 
-    def __init__(self, *args: Any, log_every: int = 50, progress: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        log_every: int = 50,
+        progress: bool = True,
+        run_identity: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self.log_every = log_every
         self.progress = progress
+        # What a resumed run must share with the checkpoint it continues (seed, data digest).
+        self.run_identity = dict(run_identity or {})
         self.history: list[TrainingRecord] = []
         self._pbar: tqdm | None = None
         multiplier = self.sae.lagrange_multiplier
@@ -149,7 +200,7 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
             groups, lr=self.cfg.lr, betas=(self.cfg.adam_beta1, self.cfg.adam_beta2)
         )
         assert self.cfg.lr_end is not None
-        self.lr_scheduler = get_lr_scheduler(
+        schedule = get_lr_scheduler(
             self.cfg.lr_scheduler_name,
             optimizer=self.optimizer,
             training_steps=self.cfg.total_training_steps,
@@ -159,9 +210,36 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
             lr_end=self.cfg.lr_end,
             num_cycles=self.cfg.n_restart_cycles,
         )
+        self.lr_scheduler = _MultiplierFollowsLR(
+            schedule, self.optimizer, self.sae.cfg.multiplier_lr_ratio
+        )
+
+    def step(self, batch: Tensor) -> TrainStepOutput:
+        """One training step; a NaN or inf loss stops training before anything is saved."""
+        output = super().step(batch)
+        if not bool(torch.isfinite(output.loss)):
+            losses = {k: float(v.detach()) for k, v in output.losses.items()}
+            raise NonFiniteError(
+                f"the training loss became {float(output.loss.detach())} at step "
+                f"{self.n_training_steps} (losses: {losses}); training stopped and the diverged "
+                "weights were not saved. Lower lr, check the shifts for extreme values, or use "
+                "reconstruction_loss='relative'."
+            )
+        return output
+
+    @torch.no_grad()
+    def set_final_sae_metadata(self) -> None:
+        """Record the SSAE's end-of-training numbers in its metadata (saved in ``cfg.json``).
+
+        SAELens records ``l0`` and dead features here, counts of nonzero codes that say nothing
+        about a signed, dense-valued code; the SSAE records its objective's terms instead.
+        """
+        if self.history:
+            self.sae.cfg.metadata.training_metrics = dict(self.history[-1].__dict__)
 
     def save_trainer_state(self, checkpoint_path: Path) -> None:
         super().save_trainer_state(checkpoint_path)
+        write_json_atomic(checkpoint_path / RUN_STATE_FILENAME, self.run_identity)
         if isinstance(self.data_provider, ShuffledBatches):
             write_json_atomic(
                 checkpoint_path / DATA_STATE_FILENAME, self.data_provider.state_dict()
@@ -226,14 +304,17 @@ def train_ssae(
     log_every: int = 50,
     return_trainer: bool = False,
     progress: bool = True,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+    dataset: str | None = None,
 ) -> SSAE | tuple[SSAE, SSAETrainer]:
     """Train a Sparse Shift Autoencoder on shifts and return the inference :class:`SSAE`.
 
     Args:
-        data: shifts ``delta = z(x~) - z(x)`` as an ``(n, d_in)`` tensor (shuffled
-            into batches of ``cfg.batch_size`` with ``seed``), or an iterable of
-            ``(batch, d_in)`` tensors long enough for ``cfg.training_steps`` batches.
-            ``harvest_shifts`` output plugs in directly.
+        data: shifts ``delta = z(x~) - z(x)`` as an ``(n, d_in)`` tensor or numpy array
+            (shuffled into batches of ``cfg.batch_size`` with ``seed``), or an iterable of
+            ``(batch, d_in)`` tensors (or arrays) long enough for ``cfg.training_steps``
+            batches. ``harvest_shifts`` output plugs in directly.
         cfg: architecture, objective and optimisation; see :class:`TrainingSSAEConfig`.
         seed: seeds the initialisation and the data order.
         device: where to train (default ``cfg.device``).
@@ -241,15 +322,27 @@ def train_ssae(
             multiplier, data position and history); ``n_checkpoints`` evenly spaced
             ones plus a final one are written there.
         resume_from: a checkpoint folder to continue from; the run then ends with
-            the same weights as an uninterrupted run with the same arguments.
+            the same weights as an uninterrupted run with the same arguments. A checkpoint
+            of a run with another seed or other data is refused.
         log_to_wandb: log through SAELens's wandb logger (call ``wandb.init`` or let
             this function start a run in ``wandb_project``).
         log_every: steps between entries of the trainer's ``history``.
         return_trainer: also return the :class:`SSAETrainer` (its ``history``).
         progress: show the trainer's progress bar.
+        model_name, hook_name, dataset: where the shifts came from
+            (``model.cfg.model_name``, the hook point, the pairs), recorded in the SSAE's
+            ``cfg.metadata`` (and so in ``cfg.json``, the model card and the steering vectors
+            made from it), as SAELens's own training records them.
+
+    Raises:
+        NonFiniteError: the loss became NaN or inf (nothing is saved, no checkpoint either).
     """
     device = device or cfg.device
     sae = _initialised(cfg, seed)
+    for key, value in (("model_name", model_name), ("hook_name", hook_name), ("dataset", dataset)):
+        if value is not None:
+            sae.cfg.metadata[key] = value
+    data = as_shifts(data)
     if isinstance(data, Tensor):
         check_shifts(data, cfg.d_in)
         sample = data[:_NORM_ESTIMATE_SAMPLES]
@@ -259,6 +352,7 @@ def train_ssae(
         head: list[Tensor] = []
         n_head = 0
         for batch in iterator:
+            batch = as_shifts(batch)
             check_shifts(batch, cfg.d_in, what=f"batch {len(head)}")
             head.append(batch)
             n_head += batch.shape[0]
@@ -287,12 +381,25 @@ def train_ssae(
         save_final_checkpoint=checkpoint_path is not None,
         logger=LoggingConfig(log_to_wandb=log_to_wandb, wandb_project=wandb_project),
     )
-    trainer = SSAETrainer(trainer_cfg, sae, provider, log_every=log_every, progress=progress)
+    identity: dict[str, Any] = {}
+    if checkpoint_path is not None or resume_from is not None:
+        # A tensor is identified by its full digest; a stream by the batches read up front.
+        digest = tensor_digest(data if isinstance(data, Tensor) else sample)
+        identity = {"seed": seed, "data": digest}
+    trainer = SSAETrainer(
+        trainer_cfg,
+        sae,
+        provider,
+        log_every=log_every,
+        progress=progress,
+        run_identity=identity,
+    )
     if resume_from is not None:
         _resume(trainer, Path(resume_from))
     trainer.fit()
     with torch.no_grad():
         sae.normalize_decoder()
+    check_finite_weights(sae, "return")
     ssae = sae.to_inference()
     return (ssae, trainer) if return_trainer else ssae
 
@@ -314,7 +421,8 @@ def load_or_train_ssae(
     1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    # Not the metadata: train_ssae records results there (l0, dead features) on the caller's cfg.
+    # Not the metadata: it describes the SSAE (hook, model; train_ssae adds its training
+    # metrics after training) but does not change how it trains.
     fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
@@ -331,9 +439,10 @@ def load_or_train_ssae(
 
 
 def _initialised(cfg: TrainingSSAEConfig, seed: int) -> TrainingSSAE:
-    """A new ``TrainingSSAE`` whose random initialisation depends on ``seed`` alone."""
+    """A new ``TrainingSSAE`` whose random initialisation depends on ``seed`` alone (on a copy
+    of ``cfg``: training records results in the metadata, which stays off the caller's cfg)."""
     with scoped_seed(seed, cfg.device):
-        return TrainingSSAE(cfg)
+        return TrainingSSAE(copy.deepcopy(cfg))
 
 
 def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
@@ -342,6 +451,7 @@ def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
             f"{checkpoint} is not an SSAE checkpoint (no cfg.json); pass a folder written "
             "by train_ssae(checkpoint_path=...), e.g. <checkpoint_path>/<n_samples>."
         )
+    _check_same_run(trainer.run_identity, checkpoint)
     saved = TrainingSSAE.load_from_disk(checkpoint, device=trainer.cfg.device)
     trainer.sae.load_state_dict(saved.state_dict())
     trainer.load_trainer_state(checkpoint)
@@ -349,6 +459,27 @@ def _resume(trainer: SSAETrainer, checkpoint: Path) -> None:
     trainer.checkpoint_thresholds = [
         t for t in trainer.checkpoint_thresholds if t >= trainer.n_training_samples
     ]
+
+
+def _check_same_run(identity: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse to resume from a checkpoint of a run with another seed or other data."""
+    path = checkpoint / RUN_STATE_FILENAME
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{checkpoint} has no {RUN_STATE_FILENAME} (written by ssae-lens 0.1 checkpoints), "
+            "so it cannot be checked against this run's seed and data; start afresh."
+        )
+    stored = json.loads(path.read_text())
+    if stored.get("seed") != identity["seed"]:
+        raise ValueError(
+            f"{checkpoint} was trained with seed={stored.get('seed')}, but this run has "
+            f"seed={identity['seed']}; resume with seed={stored.get('seed')} or start afresh."
+        )
+    if stored.get("data") != identity["data"]:
+        raise ValueError(
+            f"{checkpoint} was trained on other data (data digest {str(stored.get('data'))[:12]}, "
+            f"this run's {identity['data'][:12]}); resume with the same shifts or start afresh."
+        )
 
 
 __all__ = [

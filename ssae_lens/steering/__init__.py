@@ -10,6 +10,12 @@ from ssae_lens.steering.apply import (
     steer,
     steer_rows,
 )
+from ssae_lens.steering.comparison import (
+    MethodComparison,
+    MethodScore,
+    PairedDifference,
+    compare_evaluations,
+)
 from ssae_lens.steering.construct import caa_vector, mean_shift_vector, pca_vector
 from ssae_lens.steering.diagnostics import (
     DecompositionReport,
@@ -17,7 +23,13 @@ from ssae_lens.steering.diagnostics import (
     DiagnosticThresholds,
     diagnose_decomposition,
 )
-from ssae_lens.steering.evaluation import SteeringEvaluation, evaluate_steering
+from ssae_lens.steering.evaluation import (
+    ScaleResult,
+    SteeringEvaluation,
+    SteeringSample,
+    evaluate_methods,
+    evaluate_steering,
+)
 from ssae_lens.steering.gguf import control_vector_layer, write_control_vector
 from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
 from ssae_lens.steering.scorers import (
@@ -27,7 +39,17 @@ from ssae_lens.steering.scorers import (
     ProbeScorer,
     Scorer,
 )
-from ssae_lens.steering.vector import SteeringCompatibilityWarning, SteeringVector
+from ssae_lens.steering.text_scorers import (
+    LanguageScorer,
+    ReadingEaseScorer,
+    SameLanguageScorer,
+    VaderSentimentScorer,
+)
+from ssae_lens.steering.vector import (
+    SteeringCompatibilityWarning,
+    SteeringVector,
+    VectorFileError,
+)
 
 __all__ = [
     "OPERATORS",
@@ -37,19 +59,31 @@ __all__ = [
     "DiagnosticThresholds",
     "KeywordScorer",
     "LLMJudgeScorer",
+    "LanguageScorer",
     "LikelihoodCoherenceScorer",
+    "MethodComparison",
+    "MethodScore",
+    "PairedDifference",
     "ProbeScorer",
     "QueryPrototypes",
+    "ReadingEaseScorer",
+    "SameLanguageScorer",
+    "ScaleResult",
     "Scorer",
     "Steering",
     "SteeringCompatibilityWarning",
     "SteeringEvaluation",
     "SteeringHandle",
+    "SteeringSample",
     "SteeringVector",
+    "VaderSentimentScorer",
+    "VectorFileError",
     "apply_steering",
     "caa_vector",
     "control_vector_layer",
+    "compare_evaluations",
     "diagnose_decomposition",
+    "evaluate_methods",
     "evaluate_steering",
     "mean_shift_vector",
     "move_codes",

@@ -50,7 +50,7 @@ __all__ = ["load_vector", "push_vector", "vector_card"]
 # What each construction method in this package produces, for the model card.
 _METHODS = {
     "raw": "a direction given directly",
-    "ssae": "a Sparse Shift Autoencoder decoder column (SSAE)",
+    "ssae": "a Sparse Shift Autoencoder decoder row (SSAE)",
     "sae": "a sparse autoencoder decoder row",
     "sae-ts": "SAE-targeted steering (SAE-TS)",
     "caa": "contrastive activation addition (CAA): mean activation difference",

@@ -9,7 +9,10 @@ result holds one score in ``[0, 1]`` per text. Offline defaults:
 - ``KeywordScorer``: a lexicon of words or phrases.
 - ``ProbeScorer``: a logistic-regression probe on activations of labelled texts.
 
-``LLMJudgeScorer`` asks any OpenAI-compatible chat-completions endpoint instead.
+``LLMJudgeScorer`` asks any OpenAI-compatible chat-completions endpoint instead (one
+criterion, or several combined by harmonic mean as AxBench does). Off-the-shelf scorers that
+no one here wrote (VADER sentiment, lingua language, textstat reading ease) are in
+:mod:`ssae_lens.steering.text_scorers`.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -33,6 +36,7 @@ from transformer_lens import HookedTransformer
 from ssae_lens.activations import harvest_activations
 
 __all__ = [
+    "AXBENCH_JUDGE_TEMPLATE",
     "DEFAULT_JUDGE_TEMPLATE",
     "KeywordScorer",
     "LLMJudgeError",
@@ -335,6 +339,16 @@ DEFAULT_JUDGE_TEMPLATE = (
 )
 """The default ``LLMJudgeScorer`` prompt; fields ``{criterion}``, ``{prompt}``, ``{text}``."""
 
+AXBENCH_JUDGE_TEMPLATE = (
+    "You are grading a text written by a language model as a continuation of a prompt.\n"
+    "Criterion: {criterion}\n\n"
+    "Prompt: {prompt}\n"
+    "Continuation: {text}\n\n"
+    "Answer with a single integer and nothing else: 0 if the continuation does not meet the "
+    "criterion, 1 if it meets it partly, 2 if it meets it fully."
+)
+"""The 0-2 prompt of ``LLMJudgeScorer.axbench`` (AxBench grades each criterion 0, 1 or 2)."""
+
 _NUM = r"\d+(?:\.\d+)?"
 _LABELLED = re.compile(
     rf"\b(?:score|rating|grade)\W{{0,3}}(?:is\W{{0,3}})?({_NUM})(?:\s*(?:/|out of)\s*({_NUM}))?",
@@ -364,6 +378,11 @@ class LLMJudgeScorer:
     asking for 0-1). A value outside the scale or a
     reply without a number raises ``LLMJudgeError`` quoting the reply.
 
+    Several criteria (a ``{name: criterion}`` mapping) are graded in separate requests and
+    combined by their harmonic mean, which is 0 if any criterion scores 0: AxBench's way of
+    combining concept, instruction and fluency scores (:meth:`axbench`). A text must meet
+    every criterion to score well.
+
     Args:
         base_url: the server, e.g. ``http://127.0.0.1:8000/v1``. ``/chat/completions`` is
             appended (``/v1/chat/completions`` if the URL does not end in ``/v1``); a URL that
@@ -371,8 +390,9 @@ class LLMJudgeScorer:
         model: the model name sent to the server.
         api_key: sent as ``Authorization: Bearer <api_key>`` when given.
         prompt_template: the message template.
-        criterion: what the judge grades, e.g. ``"The text expresses positive sentiment."``
-            Required when the template contains ``{criterion}``.
+        criterion: what the judge grades, e.g. ``"The text expresses positive sentiment."``,
+            or several named criteria combined by harmonic mean. Required when the template
+            contains ``{criterion}``.
         max_score: the top of the scale the template asks for.
         timeout: seconds per request.
         max_retries: extra attempts after a network error, a timeout or a 5xx/429 reply
@@ -388,7 +408,7 @@ class LLMJudgeScorer:
         api_key: str | None = None,
         prompt_template: str = DEFAULT_JUDGE_TEMPLATE,
         *,
-        criterion: str | None = None,
+        criterion: str | Mapping[str, str] | None = None,
         max_score: float = 10.0,
         timeout: float = 30.0,
         max_retries: int = 2,
@@ -412,7 +432,9 @@ class LLMJudgeScorer:
         self.model = model
         self.api_key = api_key
         self.prompt_template = prompt_template
-        self.criterion = criterion
+        self.criteria = dict(criterion) if isinstance(criterion, Mapping) else {"": criterion}
+        if isinstance(criterion, Mapping) and (not criterion or not all(criterion.values())):
+            raise ValueError("criterion mapping needs at least one non-empty criterion.")
         self.max_score = float(max_score)
         self.timeout = timeout
         self.max_retries = max_retries
@@ -429,10 +451,44 @@ class LLMJudgeScorer:
             )
         ]
 
+    @classmethod
+    def axbench(
+        cls,
+        base_url: str,
+        model: str,
+        concept: str,
+        api_key: str | None = None,
+        **options: Any,
+    ) -> LLMJudgeScorer:
+        """A judge of AxBench's three criteria, 0-2 each, combined by harmonic mean.
+
+        ``concept``: is the concept present; ``instruction``: does the text follow on from
+        the prompt; ``fluency``: is it fluent. ``options`` are the constructor's keyword
+        options.
+        """
+        criteria = {
+            "concept": f"The text clearly involves this concept: {concept}.",
+            "instruction": "The text is a relevant, sensible continuation of the prompt.",
+            "fluency": "The text is fluent, grammatical English without repetition loops.",
+        }
+        options = {"prompt_template": AXBENCH_JUDGE_TEMPLATE, "max_score": 2.0, **options}
+        return cls(base_url, model, api_key, criterion=criteria, **options)
+
     def score(self, text: str, prompt: str) -> float:
-        """Ask the judge about one continuation; the score in [0, 1]."""
-        message = self.prompt_template.format(criterion=self.criterion, prompt=prompt, text=text)
-        return self.parse_score(self._complete(message))
+        """Ask the judge about one continuation; the score in [0, 1] (the harmonic mean of
+        the criteria's scores when there are several)."""
+        return _harmonic_mean(list(self.score_criteria(text, prompt).values()))
+
+    def score_criteria(self, text: str, prompt: str) -> dict[str, float]:
+        """Each criterion's score in [0, 1] for one continuation, by criterion name."""
+        return {
+            name: self.parse_score(
+                self._complete(
+                    self.prompt_template.format(criterion=criterion, prompt=prompt, text=text)
+                )
+            )
+            for name, criterion in self.criteria.items()
+        }
 
     def parse_score(self, reply: str) -> float:
         """Turn a judge reply into a score in [0, 1] (see the class docstring)."""
@@ -508,6 +564,13 @@ def _reply_content(payload: bytes, url: str) -> str:
     if not isinstance(content, str):
         raise LLMJudgeError(f"{url} replied with non-text content: {content!r}")
     return content
+
+
+def _harmonic_mean(values: list[float]) -> float:
+    """``n / sum(1 / v)``; 0 if any value is 0."""
+    if any(v == 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)
 
 
 def _check_lengths(texts: list[str], prompts: list[str]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Float
 from sae_lens import SAE
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -38,6 +40,7 @@ from ssae_lens._core.io import atomic_path, write_text_atomic
 if TYPE_CHECKING:
     from ssae_lens.ssae.model import SSAE
 
+_COMPUTE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 VECTOR_WEIGHTS_FILENAME = "vector.safetensors"
 VECTOR_METADATA_FILENAME = "vector.json"
 _FORMAT_VERSION = 1
@@ -45,6 +48,53 @@ _FORMAT_VERSION = 1
 
 class SteeringCompatibilityWarning(UserWarning):
     """A steering vector is used with a model other than the one it was made for."""
+
+
+class VectorFileError(ValueError):
+    """A saved steering vector folder whose files cannot be read as one (names the file)."""
+
+
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "model_name": (str, type(None)),
+    "method": (str,),
+    "normalized": (bool,),
+    "default_scale": (int, float),
+    "provenance": (dict,),
+    "extra": (dict,),
+}
+
+
+def _read_metadata(path: Path) -> tuple[dict[str, Any], int | None]:
+    """``vector.json`` checked key by key: the keyword arguments of ``SteeringVector``, and
+    the width it records."""
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise VectorFileError(f"{path} is not valid JSON ({err}); save the vector again.") from None
+    if not isinstance(meta, dict):
+        raise VectorFileError(f"{path} must hold a JSON object, got {type(meta).__name__}.")
+    version = meta.pop("format_version", None)
+    if version != _FORMAT_VERSION:
+        raise VectorFileError(
+            f"{path} has format_version {version!r}; this ssae-lens reads "
+            f"{_FORMAT_VERSION}. Upgrade ssae-lens or re-save the vector."
+        )
+    d = meta.pop("d", None)
+    meta.pop("norm", None)
+    if not isinstance(meta.get("hook_name"), str):
+        raise VectorFileError(f"{path} has no hook_name string; save the vector again.")
+    for key, value in meta.items():
+        types = _OPTIONAL_TYPES.get(key)
+        if key == "hook_name":
+            continue
+        if types is None:
+            known = ["hook_name", *_OPTIONAL_TYPES]
+            raise VectorFileError(f"{path} has an unknown key {key!r}; known keys: {known}.")
+        if not isinstance(value, types) or (key == "default_scale" and isinstance(value, bool)):
+            raise VectorFileError(f"{path}: {key} is {value!r}, not a {types[0].__name__}.")
+    if d is not None and (not isinstance(d, int) or isinstance(d, bool)):
+        raise VectorFileError(f"{path}: d is {d!r}, not an integer.")
+    return meta, d
 
 
 @dataclass
@@ -83,7 +133,9 @@ class SteeringVector:
                 f"{tuple(direction.shape)}. For one vector per batch row use "
                 "ssae_lens.steering.steer_rows."
             )
-        if not direction.is_floating_point():
+        if direction.numel() == 0:
+            raise ValueError(f"The steering direction for {self.hook_name!r} is empty.")
+        if direction.dtype not in _COMPUTE_DTYPES:  # integers, bools, float8: float32
             direction = direction.float()
         if not torch.isfinite(direction).all():
             raise ValueError(f"The steering direction for {self.hook_name!r} contains NaN or inf.")
@@ -91,6 +143,8 @@ class SteeringVector:
             raise ValueError(f"hook_name must be a non-empty string, got {self.hook_name!r}.")
         self.direction = direction
         self.default_scale = float(self.default_scale)
+        if not math.isfinite(self.default_scale):
+            raise ValueError(f"default_scale must be a finite number, got {self.default_scale}.")
 
     # ------------------------------------------------------------------ properties
     @property
@@ -242,7 +296,7 @@ class SteeringVector:
 
     @classmethod
     def from_ssae(cls, ssae: SSAE, index: int, *, hook_name: str | None = None) -> SteeringVector:
-        """Unit-norm decoder column ``index`` of a Sparse Shift Autoencoder.
+        """Unit-norm decoder row ``index`` of a Sparse Shift Autoencoder.
 
         Uses ``ssae.steering_vector(index)`` (the direction in the model's activation
         space); the hook point and model come from ``ssae.cfg.metadata``.
@@ -301,6 +355,10 @@ class SteeringVector:
         With ``model``, check that the vector fits it: a different ``model_name`` warns
         (:class:`SteeringCompatibilityWarning`), or raises with ``strict=True``; an unknown
         hook point or a width that does not match the hook point always raises.
+
+        Raises:
+            FileNotFoundError: a file is missing.
+            VectorFileError: a file is damaged or is not a steering vector's.
         """
         folder = Path(path)
         weights_path = folder / VECTOR_WEIGHTS_FILENAME
@@ -310,17 +368,31 @@ class SteeringVector:
             raise FileNotFoundError(
                 f"{folder} is not a saved SteeringVector: missing {', '.join(missing)}."
             )
-        meta = json.loads(meta_path.read_text())
-        version = meta.pop("format_version", None)
-        if version != _FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format_version {version!r}; this ssae-lens reads "
-                f"{_FORMAT_VERSION}. Upgrade ssae-lens or re-save the vector."
+        meta, d = _read_metadata(meta_path)
+        try:
+            tensors = load_file(str(weights_path), device=str(device or "cpu"))
+        except (SafetensorError, OSError) as err:
+            raise VectorFileError(
+                f"{weights_path} is damaged or not a safetensors file ({err}); save the vector "
+                "again."
+            ) from None
+        direction = tensors.get("direction")
+        if direction is None:
+            raise VectorFileError(
+                f"{weights_path} holds no 'direction' tensor (it has {sorted(tensors)}); save "
+                "the vector again."
             )
-        meta.pop("d", None)
-        meta.pop("norm", None)
-        direction = load_file(str(weights_path), device=str(device or "cpu"))["direction"]
-        vector = cls(direction, **meta)
+        try:
+            vector = cls(direction, **meta)
+        except (TypeError, ValueError) as err:
+            raise VectorFileError(
+                f"{folder} does not hold a valid steering vector: {err}"
+            ) from None
+        if d is not None and d != vector.d:
+            raise VectorFileError(
+                f"{meta_path} says d={d} but {weights_path} holds {vector.d} values: the "
+                "two files come from different vectors."
+            )
         if model is not None:
             vector.check_compatible(model, strict=strict)
         return vector
