@@ -388,6 +388,8 @@ def compute_chunks(
     """
     ctx = work_context() if ctx is None else ctx
     entries = {name: _alone_call(make) for name, make in (entries or {}).items()}
+    if n_items < 1 or chunk_size < 1:
+        raise ValueError(f"n_items and chunk_size must be >= 1, got {n_items}, {chunk_size}.")
     if store is not None and store.n_items != n_items:
         raise ValueError(f"The store holds {store.n_items} items, not {n_items}.")
     if store is not None:
