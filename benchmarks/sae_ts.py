@@ -62,6 +62,7 @@ from ssae_lens.sae_ts import (
     EffectModel,
     calibrate_scales,
     decoder_row_vector,
+    effect_directions,
     measure_effects,
     sae_ts_vector,
     side_effect_ratio,
@@ -235,18 +236,14 @@ def run(given: SaeTsConfig) -> None:
     # --- effect data: decoder rows (task targets first), random mixes of 2-4 decoder rows
     # (random positive weights), random Gaussian directions
     forced = [f for f, _ in targets.values()]
-    others = [int(f) for f in torch.randperm(d_sae, generator=gen) if int(f) not in forced]
-    features = list(dict.fromkeys(forced + others))[: max(cfg.n_decoder, len(forced))]
-    decoder = sae.W_dec.detach() / sae.W_dec.detach().norm(dim=1, keepdim=True)
-    rows = decoder[features]
-    mixes = torch.zeros(cfg.n_mix, d_model)
-    for i in range(cfg.n_mix):
-        k = int(torch.randint(2, 5, (1,), generator=gen))
-        picked = torch.randperm(d_sae, generator=gen)[:k]
-        mixes[i] = torch.rand(k, generator=gen) @ decoder[picked]
-    randoms = torch.randn(cfg.n_random, d_model, generator=gen)
-    directions = torch.cat([rows, mixes, randoms])
-    directions = directions / directions.norm(dim=1, keepdim=True)
+    directions, features = effect_directions(
+        sae,
+        n_decoder=cfg.n_decoder,
+        n_mix=cfg.n_mix,
+        n_random=cfg.n_random,
+        first=forced,
+        generator=gen,
+    )
     effects = measure_effects(
         model,
         sae,

@@ -38,6 +38,10 @@ whatever the requested ``dtype``.
 ``precision`` (:mod:`ssae_lens._core.precision`; default: the model's) is the precision of the
 forward passes. Activations are read out of the model in float32 and shifts are formed from
 them in float32 (subtracted before any cast to the requested ``dtype``).
+
+Under ``torchrun``, inside :func:`ssae_lens.distributed.process_group`, the shards are shared
+by the ranks (:func:`~ssae_lens.distributed.compute_chunks`; a temporary folder stands in for
+``cache_dir`` on one machine) and every rank returns the full result, equal to one process's.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_h
 from ssae_lens._core.hooks import check_hook_names, stop_at_layer
 from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
+from ssae_lens.distributed import compute_chunks, work_context
 
 __all__ = [
     "PairedActivationStore",
@@ -359,14 +364,18 @@ class _TextHarvester:
         for u in self.order:
             self.row_slices[u] = slice(start, start + rows[u])
             start += rows[u]
-        self.shard_size = shard_size
+        self.shard_size = _shared_shard_size(shard_size, batch_size, len(self.order))
         self.cache: ChunkStore | None = None
         if cache_dir is not None:
             refuse_active_hooks(model, what="Harvesting with cache_dir")
             key = self._cache_key(prepend_bos, include_bos)
             name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
             self.cache = ChunkStore(
-                Path(cache_dir) / name, key, len(self.order), shard_size, keep_stored_layout=True
+                Path(cache_dir) / name,
+                key,
+                len(self.order),
+                self.shard_size,
+                keep_stored_layout=True,
             )
 
     def _cache_key(self, prepend_bos: bool, include_bos: bool) -> dict[str, Any]:
@@ -394,27 +403,26 @@ class _TextHarvester:
         return acts[torch.tensor([self.row_slices[u].start for u in texts], dtype=torch.long)]
 
     def run(self) -> dict[str, Float[Tensor, "rows d"]]:
-        """Per hook, the reduced activations of all distinct texts (float32, CPU)."""
-        store = self.cache
-        if store is not None:
-            store.open()  # may adopt the shard size the cache was started with
-            shards, todo = store.chunks, sum(map(len, store.pending()))
-        else:
-            n, size = len(self.order), self.shard_size
-            shards, todo = [range(a, min(a + size, n)) for a in range(0, n, size)], n
-        out: dict[str, list[Tensor]] = {hook: [] for hook in self.hook_names}
-        bar = tqdm(total=todo, desc="Harvesting", unit="text", disable=not self.progress)
+        """Per hook, the reduced activations of all distinct texts (float32, CPU).
+
+        The shards are computed through :func:`~ssae_lens.distributed.compute_chunks`: in
+        this process, or shared by the ranks of a ``torchrun`` process group.
+        """
+        ctx = work_context()
+        show = self.progress and ctx.is_main
+        # Cached shards and the other ranks' shares are not counted: no total then.
+        total = len(self.order) if ctx.world_size == 1 and self.cache is None else None
+        bar = tqdm(total=total, desc="Harvesting", unit="text", disable=not show)
+
+        def compute(items: range) -> dict[str, Tensor]:
+            return self._run_shard(self.order[items.start : items.stop], bar)
+
         with torch.no_grad():
-            for items in shards:
-                acts = store.read(items) if store is not None else None
-                if acts is None:
-                    acts = self._run_shard(self.order[items.start : items.stop], bar)
-                    if store is not None:
-                        store.write(items, acts)
-                for hook in self.hook_names:
-                    out[hook].append(acts[hook])
+            acts, _ = compute_chunks(
+                compute, len(self.order), self.shard_size, store=self.cache, ctx=ctx
+            )
         bar.close()
-        return {hook: torch.cat(parts) for hook, parts in out.items()}
+        return {hook: acts[hook] for hook in self.hook_names}
 
     def _run_shard(self, shard: list[int], bar: tqdm) -> dict[str, Tensor]:
         parts: dict[str, list[Tensor]] = {hook: [] for hook in self.hook_names}
@@ -490,6 +498,18 @@ def _as_text_pairs(pairs: Any) -> tuple[list[str], list[str]]:
     if not sources:
         raise ValueError("No pairs to harvest: the dataset is empty.")
     return sources, targets
+
+
+def _shared_shard_size(shard_size: int, batch_size: int, n_texts: int) -> int:
+    """Texts per shard: ``shard_size``, or fewer under ``torchrun`` so that every rank gets
+    about four shards. Smaller shards stay a multiple of ``batch_size``: with a
+    ``shard_size`` that is one too, the batches (and so the numbers) are those of one
+    process."""
+    world = work_context().world_size
+    if world == 1:
+        return shard_size
+    batches = -(-n_texts // (batch_size * world * 4))  # ceil
+    return max(1, min(shard_size, batches * batch_size))
 
 
 def _describe_pair_text(i: int, n_pairs: int) -> str:

@@ -1,4 +1,5 @@
-"""The ``ssae-lens`` command line: harvest, train, evaluate, steer, diagnose, publish, demo, paper.
+"""The ``ssae-lens`` command line: harvest, train, evaluate, steer, diagnose, publish, demo, paper,
+effects, sae-ts.
 
 Every command reads a YAML config (see ``configs/`` and :mod:`ssae_lens.config`), accepts
 ``--set key=value`` overrides (dotted keys for sections: ``--set train.d_sae=4``), writes its
@@ -12,15 +13,23 @@ went. A pipeline is three commands on one config::
 The commands parse, call the library and write outputs. Each imports what it needs when it
 runs (the ``ssae-lens`` process skips the eager imports of ``ssae_lens/__init__.py``), so
 ``--help`` answers without loading torch or SAELens.
+
+``harvest``, ``effects`` and ``sae-ts`` also run under ``torchrun`` unchanged
+(``torchrun --nproc_per_node=N -m ssae_lens harvest CONFIG``): the processes share the work
+(:mod:`ssae_lens.distributed`), rank 0 alone writes the outputs and prints, and the result is
+that of one process.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import runpy
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,6 +42,8 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
     from ssae_lens._core.backend import Model
+    from ssae_lens.distributed import DistributedContext
+    from ssae_lens.sae_ts import EffectData
     from ssae_lens.shift_data import ShiftData
 
 app = typer.Typer(
@@ -45,6 +56,7 @@ app = typer.Typer(
 )
 
 SHIFTS_FILENAME = "shifts.safetensors"
+EFFECTS_FILENAME = "effects.safetensors"
 
 ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see configs/).")]
 SetOpt = Annotated[
@@ -53,8 +65,12 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, error: BaseException) -> None:
     typer.echo(f"Error: {message}", err=True)
+    if _torchrun():  # torchrun's failure summary then names this rank and the error
+        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+        get_error_handler().record_exception(error)
     raise typer.Exit(code)
 
 
@@ -68,9 +84,44 @@ def _clean_errors(command: Callable[..., None]) -> Callable[..., None]:
             command(*args, **kwargs)
         except (ValueError, KeyError, OSError) as e:  # ConfigError is a ValueError
             message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
-            _fail(message.splitlines()[0] if message else type(e).__name__, 2)
+            _fail(message.splitlines()[0] if message else type(e).__name__, 2, e)
 
     return wrapper
+
+
+def _torchrun() -> bool:
+    """Whether ``torchrun`` (torch's elastic agent) started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "TORCHELASTIC_ERROR_FILE" in os.environ
+
+
+@contextmanager
+def _ranks() -> Iterator[DistributedContext]:
+    """The process group of a ``torchrun`` launch (nothing for one process)."""
+    from ssae_lens.distributed import process_group
+
+    with process_group() as ctx:
+        yield ctx
+
+
+def _echo(ctx: DistributedContext, message: str) -> None:
+    """Print on rank 0 only."""
+    if ctx.is_main:
+        typer.echo(message)
+
+
+def _model(cfg: ExperimentConfig, ctx: DistributedContext) -> Model:
+    """``cfg.model`` on ``cfg.device`` (``cuda`` means this rank's GPU), converted by rank 0
+    first when it is not cached yet."""
+    from ssae_lens import models
+    from ssae_lens.distributed import main_first
+
+    device = cfg.device
+    if device == "cuda" and ctx.device.type == "cuda":
+        device = str(ctx.device)
+    with main_first(ctx, "rank 0 to load the model"):
+        return models.load_model(
+            cfg.model, backend=cfg.backend, device=device, precision=cfg.precision
+        )
 
 
 def _experiment(config: Path, overrides: list[str] | None) -> ExperimentConfig:
@@ -138,9 +189,12 @@ def harvest(config: ConfigArg, set_: SetOpt = None) -> None:
     from ssae_lens.shift_data import experiment_data
 
     cfg = _experiment(config, set_)
-    path = experiment_data(cfg).save(Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME)
-    out = _results_dir(cfg, "harvest")
-    typer.echo(f"Shifts: {path}\nConfig: {out / 'config.yaml'}")
+    with _ranks() as ctx:
+        data = experiment_data(cfg, None if cfg.dataset == "synthetic" else _model(cfg, ctx))
+        if ctx.is_main:
+            path = data.save(Path(cfg.out_dir) / "harvest" / SHIFTS_FILENAME)
+            out = _results_dir(cfg, "harvest")
+            typer.echo(f"Shifts: {path}\nConfig: {out / 'config.yaml'}")
 
 
 @app.command()
@@ -366,6 +420,204 @@ def paper(config: ConfigArg, set_: SetOpt = None) -> None:
     _run_script(script, ["--config", str(config), *(f"--set={s}" for s in set_ or [])])
 
 
+@app.command()
+@_clean_errors
+def effects(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Measure SAE-TS effects of decoder rows, mixes of rows and random directions on an SAE.
+
+    Example: ssae-lens effects configs/effects.yaml --set effects.n_decoder=64
+    """
+    cfg = _experiment(config, set_)
+    with _ranks() as ctx:
+        model = _model(cfg, ctx)
+        sae, source = _effects_sae(cfg, model, ctx)
+        data = _measure_effects(cfg, model, sae, source)
+        if ctx.is_main:
+            out = _results_dir(cfg, "effects")
+            path = data.save(out / EFFECTS_FILENAME)
+            s = data.summary()
+            typer.echo(
+                f"Effects of {s['n_directions']} directions on {data.effects.shape[1]} features "
+                f"({s['tokens_per_direction']} tokens each): {path}\nConfig: {out / 'config.yaml'}"
+            )
+
+
+@app.command(name="sae-ts")
+@_clean_errors
+def sae_ts(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Fit the SAE-TS effect model and write a steering vector per target of sae_ts.targets.
+
+    Example: ssae-lens sae-ts configs/effects.yaml --set "sae_ts.targets={f12: [12]}"
+    """
+    from ssae_lens.sae_ts import EffectData, sae_ts_vector
+
+    cfg = _experiment(config, set_)
+    if not cfg.sae_ts.targets:
+        raise ConfigError("sae_ts.targets is empty; e.g. --set 'sae_ts.targets={f12: [12]}'.")
+    with _ranks() as ctx:
+        model = _model(cfg, ctx)
+        sae, source = _effects_sae(cfg, model, ctx)
+        t = cfg.sae_ts
+        file = Path(t.effects) if t.effects else Path(cfg.out_dir) / "effects" / EFFECTS_FILENAME
+        if t.effects_repo:
+            data = EffectData.from_pretrained(
+                t.effects_repo, sae=sae, subfolder=t.effects_subfolder
+            )
+        elif file.exists() or t.effects:
+            data = EffectData.load(file, sae=sae)
+        else:
+            _echo(ctx, f"No {file}: measuring the effects first.")
+            data = _measure_effects(cfg, model, sae, source)
+            if ctx.is_main:
+                data.save(file)
+                _results_dir(cfg, "effects")
+        if not ctx.is_main:
+            return
+        d_sae = data.effects.shape[1]
+        for name, target in t.targets.items():
+            bad = [f for f in target if f >= d_sae]
+            if bad:
+                raise ValueError(f"sae_ts.targets.{name}: features {bad} >= d_sae = {d_sae}.")
+        effect_model, report = data.fit(
+            weight_decay=t.weight_decay, test_fraction=t.test_fraction, seed=t.seed
+        )
+        out = _results_dir(cfg, "sae-ts")
+        effect_model.save(out / "effect_model.safetensors")
+        write_text_atomic(out / "fit.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        typer.echo(
+            f"Effect model: {out / 'effect_model.safetensors'} (held-out R^2 {report.r2:.3f}, "
+            f"weight decay {effect_model.provenance['weight_decay']:g})"
+        )
+        scale = float(data.scales.median())
+        for name, target in t.targets.items():
+            vector = sae_ts_vector(effect_model, target, bias_weight=t.bias_weight)
+            vector.default_scale = scale  # the scale the effects were measured at
+            folder = out / "vectors" / name
+            vector.save(folder)
+            typer.echo(f"{name}: {vector!r} -> {folder}")
+        typer.echo(f"Config: {out / 'config.yaml'}")
+
+
+def _effects_sae(
+    cfg: ExperimentConfig, model: Model, ctx: DistributedContext
+) -> tuple[SAE, dict[str, Any]]:
+    """The SAE of the ``effects:`` section and how to load it again."""
+    from sae_lens import SAE
+
+    from ssae_lens.distributed import main_first
+
+    e = cfg.effects
+    if e.sae_path:
+        sae, source = _load_sae(_existing(Path(e.sae_path), "SAE folder")), {"path": e.sae_path}
+    elif e.sae_release:
+        sae = SAE.from_pretrained(e.sae_release, e.sae_id, device=str(model.cfg.device))
+        source = {"release": e.sae_release, "sae_id": e.sae_id}
+    else:
+        from ssae_lens.saes.reference import train_reference_sae
+
+        options = {**cfg.sae.kwargs(), "seed": e.seed}
+        with main_first(ctx, "rank 0 to train the reference SAE"):
+            sae = train_reference_sae(model, cfg.hook_name, device=str(model.cfg.device), **options)
+        source = {"reference": {"model": cfg.model, "hook_name": cfg.hook_name, **options}}
+    read = sae.cfg.metadata.hook_name
+    if read and read != cfg.hook_name:
+        raise ValueError(
+            f"The SAE reads {read} but hook_name is {cfg.hook_name}: set hook_name: {read}."
+        )
+    sae.cfg.metadata.hook_name = cfg.hook_name
+    return sae, source
+
+
+def _measure_effects(
+    cfg: ExperimentConfig,
+    model: Model,
+    sae: SAE,
+    source: dict[str, Any],
+) -> EffectData:
+    """The effect data the ``effects:`` section describes (resumable chunks under
+    ``<out_dir>/effects/``, shared by the ranks of a ``torchrun`` launch)."""
+    import torch
+
+    from ssae_lens._core.cache import dictionary_fingerprint, model_fingerprint, tensor_digest
+    from ssae_lens.data import attribute_texts
+    from ssae_lens.sae_ts import EffectData, calibrate_scales, effect_directions
+
+    e = cfg.effects
+    first = list(dict.fromkeys([*e.features, *(f for t in cfg.sae_ts.targets.values() for f in t)]))
+    directions, features = effect_directions(
+        sae,
+        n_decoder=e.n_decoder,
+        n_mix=e.n_mix,
+        n_random=e.n_random,
+        first=first,
+        generator=torch.Generator().manual_seed(e.seed),
+    )
+    kinds = {"decoder rows": len(features), "mixes of 2-4 rows": e.n_mix, "random": e.n_random}
+    weights = model_fingerprint(model) + dictionary_fingerprint(sae)
+
+    def work(kind: str, *keys: Any) -> Path:
+        """A resumable chunk folder, named by what changes its values (a rerun with other
+        settings gets its own)."""
+        digest = hashlib.sha256((weights + json.dumps(keys, sort_keys=True)).encode())
+        return Path(cfg.out_dir) / "effects" / f"{kind}-{digest.hexdigest()[:16]}"
+
+    if e.scale is not None:
+        scales = torch.tensor(float(e.scale))
+        protocol = f"one given scale, {e.scale:g}, for every direction"
+    else:
+        texts = e.calibration_texts or attribute_texts("tense", n=4, seed=e.seed)[0]
+        calibrated = (
+            directions if e.calibrate == "each" else _spread(directions, e.calibration_directions)
+        )
+        found = calibrate_scales(
+            model,
+            calibrated,
+            cfg.hook_name,
+            reference_texts=texts,
+            target_loss_increase=e.target_loss_increase,
+            chunk_size=e.chunk_size if e.calibrate == "each" else 1,  # never by world size
+            cache_dir=work("calibration", tensor_digest(calibrated), texts),
+        )
+        what = f"the LM loss on {len(texts)} reference texts rises by {e.target_loss_increase} nats"
+        if e.calibrate == "each":
+            scales, protocol = found, f"each direction's own scale at which {what}"
+        else:
+            scales = found.median()
+            protocol = (
+                f"one scale for every direction: the median over {len(calibrated)} of them of "
+                f"the scale at which {what} (calibrate_scales)"
+            )
+    options = dict(
+        prompts=e.prompts,
+        n_samples=e.n_samples,
+        max_new_tokens=e.max_new_tokens,
+        batch_size=e.batch_size,
+        seed=e.seed,
+        do_sample=True,
+        temperature=e.temperature,
+        steer_readout=e.readout == "steered",
+        chunk_size=e.chunk_size,
+    )
+    return EffectData.measure(
+        model,
+        sae,
+        directions,
+        scales,
+        source=source,
+        scale_protocol=protocol,
+        kinds=kinds,
+        cache_dir=work("chunks", tensor_digest(directions, scales), options),
+        **options,
+    )
+
+
+def _spread(directions: Any, k: int) -> Any:
+    """``k`` rows spread evenly over ``directions`` (so every kind is represented)."""
+    n = directions.shape[0]
+    k = max(1, min(k, n))
+    return directions[[i * n // k for i in range(k)]]
+
+
 # ------------------------------------------------------------------------------- helpers
 
 
@@ -420,7 +672,14 @@ def _side_by_side(rows: list[dict[str, str]], width: int = 40) -> str:
 
 
 def main() -> None:
-    """The ``ssae-lens`` console script."""
+    """The ``ssae-lens`` console script (``python -m ssae_lens``, also under ``torchrun``)."""
+    if _torchrun():
+        # torchrun's failure summary then shows the failing rank's error, not only its exit
+        # code; imported here so that --help outside torchrun does not load torch.
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(app)(prog_name="ssae-lens")
+        return
     app(prog_name="ssae-lens")
 
 

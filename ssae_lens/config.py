@@ -11,7 +11,9 @@ dataclasses. Every config shares the fields of :class:`RunConfig` (``model``, ``
 - ``steer:`` :class:`SteerSection`, ``diagnose:`` :class:`DiagnoseSection`, ``publish:``
   :class:`PublishSection`;
 - ``sae:`` :class:`ReferenceSAESection`: a SAELens SAE from
-  :func:`~ssae_lens.saes.reference.train_reference_sae`.
+  :func:`~ssae_lens.saes.reference.train_reference_sae`;
+- ``effects:`` :class:`EffectsSection` and ``sae_ts:`` :class:`SaeTsSection`: SAE-TS effect
+  data and targeted vectors (``ssae-lens effects``, ``ssae-lens sae-ts``).
 
 :class:`ExperimentConfig` is the config of the ``ssae-lens`` commands and of the demo
 (:class:`ssae_lens.demo.DemoConfig` only moves ``out_dir``). The studies in ``benchmarks/``
@@ -54,11 +56,13 @@ __all__ = [
     "ColumnsSection",
     "ConfigError",
     "DiagnoseSection",
+    "EffectsSection",
     "ExperimentConfig",
     "HarvestSection",
     "PublishSection",
     "ReferenceSAESection",
     "RunConfig",
+    "SaeTsSection",
     "SteerSection",
     "apply_overrides",
     "config_from_dict",
@@ -180,6 +184,104 @@ class ReferenceSAESection:
 
 
 @dataclass
+class EffectsSection:
+    """SAE-TS effect data (``ssae-lens effects``): the SAE, the directions, the scale, the
+    rollouts.
+
+    The SAE is ``sae_path`` (``SAE.load_from_disk``), else ``sae_release`` / ``sae_id``
+    (``SAE.from_pretrained``), else the reference SAE of the ``sae:`` section trained at
+    ``hook_name``. The directions are ``n_decoder`` decoder rows (``features`` and the
+    ``sae_ts.targets`` first), ``n_mix`` mixes of 2-4 rows and ``n_random`` Gaussian ones
+    (:func:`~ssae_lens.sae_ts.effect_directions`, seeded by ``seed``). With ``scale`` unset,
+    the scale is calibrated (:func:`~ssae_lens.sae_ts.calibrate_scales`: the LM loss on
+    ``calibration_texts`` up by ``target_loss_increase``): the median over
+    ``calibration_directions`` of the directions for all of them (``calibrate: median``), or
+    each direction's own (``calibrate: each``).
+    """
+
+    sae_path: str | None = None
+    sae_release: str | None = None
+    sae_id: str | None = None
+    features: list[int] = field(default_factory=list)
+    n_decoder: int = 256
+    n_mix: int = 64
+    n_random: int = 64
+    scale: float | None = None
+    calibrate: Literal["median", "each"] = "median"
+    calibration_directions: int = 8
+    calibration_texts: list[str] | None = None  # None: built-in templated sentences
+    target_loss_increase: float = 0.5
+    prompts: list[str] = field(default_factory=lambda: ["I think that", "The story begins"])
+    n_samples: int = 2
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    readout: Literal["text", "steered"] = "text"
+    batch_size: int = 64
+    chunk_size: int = 32  # directions per resumable chunk (and per share of a rank)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sae_path and self.sae_release:
+            raise ConfigError("effects: set sae_path or sae_release, not both.")
+        if bool(self.sae_release) != bool(self.sae_id):
+            raise ConfigError("effects: sae_release and sae_id go together (SAE.from_pretrained).")
+        for name in ("n_samples", "max_new_tokens", "batch_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"effects.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.n_decoder + self.n_mix + self.n_random + len(self.features) < 2:
+            raise ConfigError("effects: measure at least 2 directions (n_decoder, n_mix, ...).")
+
+
+@dataclass
+class SaeTsSection:
+    """SAE-TS vectors (``ssae-lens sae-ts``): the effect data, the fit and the targets.
+
+    ``targets`` names weighted feature sets: ``{french: {1203: 1.0, 88: 0.5}, formal: [12]}``
+    (a list weighs each feature 1; a negative weight asks for a decrease). The effect data is
+    ``effects`` (a file or folder), else ``effects_repo`` on the Hub (``effects_subfolder``),
+    else ``<out_dir>/effects/effects.safetensors``, measured first if missing.
+    """
+
+    targets: dict[str, Any] = field(default_factory=dict)
+    effects: str | None = None
+    effects_repo: str | None = None
+    effects_subfolder: str | None = None
+    weight_decay: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    test_fraction: float = 0.2
+    bias_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.targets = {str(k): _target_weights(k, v) for k, v in self.targets.items()}
+        if self.effects and self.effects_repo:
+            raise ConfigError("sae_ts: set effects or effects_repo, not both.")
+        if not self.weight_decay:
+            raise ConfigError("sae_ts.weight_decay is empty: give at least one value.")
+
+
+def _target_weights(name: Any, value: Any) -> dict[int, float]:
+    """A target as ``{feature: weight}`` from a mapping or a list of features."""
+    if isinstance(value, list | tuple):
+        value = {f: 1.0 for f in value}
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(
+            f"sae_ts.targets.{name} must be a non-empty mapping feature: weight or a list of "
+            f"features, got {value!r}."
+        )
+    try:
+        weights = {int(f): float(w) for f, w in value.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"sae_ts.targets.{name}: features must be integers and weights numbers, got {value!r}."
+        ) from None
+    if any(f < 0 for f in weights):
+        raise ConfigError(f"sae_ts.targets.{name}: features must be >= 0, got {sorted(weights)}.")
+    if not all(math.isfinite(w) for w in weights.values()):
+        raise ConfigError(f"sae_ts.targets.{name}: weights must be finite numbers, got {value!r}.")
+    return weights
+
+
+@dataclass
 class ExperimentConfig(RunConfig):
     """One experiment: a model, a hook point, a pairs dataset and what to do with them.
 
@@ -200,6 +302,9 @@ class ExperimentConfig(RunConfig):
     diagnose: DiagnoseSection = field(default_factory=DiagnoseSection)
     publish: PublishSection = field(default_factory=PublishSection)
     synthetic: dict[str, Any] = field(default_factory=dict)
+    sae: ReferenceSAESection = field(default_factory=ReferenceSAESection)
+    effects: EffectsSection = field(default_factory=EffectsSection)
+    sae_ts: SaeTsSection = field(default_factory=SaeTsSection)
 
     def __post_init__(self) -> None:
         self.train = train_options(self.train)

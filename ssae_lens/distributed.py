@@ -8,6 +8,13 @@ package's one chunked cache); the files are keyed by item range, so the folder i
 whatever the number of processes, a single process uses the same store, and a killed run
 resumes from the chunks already written.
 
+The library's data-parallel functions (:func:`~ssae_lens.harvest_shifts`,
+:func:`~ssae_lens.sae_ts.measure_effects`, :func:`~ssae_lens.sae_ts.calibrate_scales`,
+:func:`~ssae_lens.steering.evaluate_steering`) compute through :func:`compute_chunks`: in
+one process exactly as before, and inside :func:`process_group` under ``torchrun`` shared by
+all ranks, every rank returning the same full result. Steps that fill a cache the other
+ranks then read (a model conversion, a reference SAE) run on rank 0 first (:func:`main_first`).
+
 Typical use, the same script for ``python script.py`` and ``torchrun --nproc_per_node=N
 script.py``::
 
@@ -20,16 +27,21 @@ script.py``::
 
 from __future__ import annotations
 
+import contextvars
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ssae_lens._core.cache import ChunkStore
 
@@ -39,6 +51,8 @@ _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT
 
 # The gloo group that process_group() creates beside an NCCL default group; None otherwise.
 _control_group: dist.ProcessGroup | None = None
+# Set while run_sharded computes one rank's chunk: work inside it is that rank's alone.
+_inside_chunk = contextvars.ContextVar("ssae_lens_inside_chunk", default=False)
 
 
 class DistributedError(RuntimeError):
@@ -130,6 +144,35 @@ def current(timeout_s: float | None = None) -> DistributedContext:
     else:
         device = torch.device("cpu")
     return DistributedContext(rank, world, local, device, timeout, _control_group)
+
+
+def work_context(timeout_s: float | None = None) -> DistributedContext:
+    """The processes that share the work of a call now: :func:`current`, or this process
+    alone while :func:`run_sharded` computes one of its chunks (a library call inside a
+    chunk, e.g. ``harvest_shifts`` in a ``compute`` function, does not shard again)."""
+    ctx = current(timeout_s)
+    if not _inside_chunk.get() or ctx.world_size == 1:
+        return ctx
+    return DistributedContext(0, 1, ctx.local_rank, ctx.device, ctx.timeout_s)
+
+
+@contextmanager
+def _alone() -> Iterator[None]:
+    token = _inside_chunk.set(True)
+    try:
+        yield
+    finally:
+        _inside_chunk.reset(token)
+
+
+def _alone_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run as this process's own work (see :func:`work_context`)."""
+
+    def call(*args: Any) -> Any:
+        with _alone():
+            return fn(*args)
+
+    return call
 
 
 @contextmanager
@@ -236,6 +279,8 @@ def run_sharded(
     *,
     ctx: DistributedContext | None = None,
     all_ranks: bool = True,
+    entries: Mapping[str, Callable[[], Mapping[str, Tensor]]] | None = None,
+    desc: str | None = None,
 ) -> dict[str, Tensor] | None:
     """Compute the chunks missing from ``store`` across all ranks; return them all merged.
 
@@ -251,26 +296,36 @@ def run_sharded(
         compute: maps a range of item indices to tensors whose first dimension runs over the
             chunk's rows; it must not depend on the rank.
         store: where the chunks live; the same folder for every rank.
-        ctx: this process's context (default :func:`current`).
+        ctx: the processes sharing the work (default :func:`work_context`).
         all_ranks: merge on every rank; ``False`` returns ``None`` on ranks other than 0.
+        entries: named results outside the item ranges (e.g. a baseline every chunk is
+            compared with): each one missing from ``store`` is computed by rank 0 before its
+            chunks and written there; read them with ``store.read(name)`` afterwards.
+        desc: label of a progress bar over rank 0's chunks (``None``: no bar).
 
     Raises:
         DistributedError: on every rank, when a rank fails or a rank is missing at a
             collective for longer than ``ctx.timeout_s``.
     """
-    ctx = current() if ctx is None else ctx
-    if ctx.world_size > 1 and not dist.is_initialized():
-        raise RuntimeError(
-            f"WORLD_SIZE={ctx.world_size} but no process group: call run_sharded inside "
-            "`with ssae_lens.distributed.process_group() as ctx:`."
-        )
+    ctx = work_context() if ctx is None else ctx
+    _require_group(ctx)
+    compute = _alone_call(compute)
 
     def open_and_list() -> list[tuple[int, int]]:
         store.open()
         return [(items.start, items.stop) for items in store.pending()]
 
     pending = [range(a, b) for a, b in _on_main(ctx, open_and_list)]
-    for i in shard(len(pending), ctx.rank, ctx.world_size):
+    if not ctx.is_main:
+        store.open()  # the manifest rank 0 checked: adopts a stored chunk size
+    if ctx.is_main:
+        for name, make in (entries or {}).items():
+            if store.read(name) is None:
+                store.write(name, _alone_call(make)())
+    mine = shard(len(pending), ctx.rank, ctx.world_size)
+    shown = desc is not None and ctx.is_main
+    bar = tqdm(total=len(mine), desc=desc, unit="chunk", disable=None if shown else True)
+    for i in mine:
         items = pending[i]
         try:
             tensors = compute(items)
@@ -283,7 +338,127 @@ def run_sharded(
                 f"written to {str(store.folder)!r} are kept: rerun the same command to resume."
             ) from exc
         store.write(items, tensors)
+        bar.update()
+    bar.close()
     barrier(ctx, "the barrier after computing the chunks")
     if not (all_ranks or ctx.is_main):
         return None
     return store.merge(compute)
+
+
+def compute_chunks(
+    compute: Callable[[range], Mapping[str, Tensor]],
+    n_items: int,
+    chunk_size: int,
+    *,
+    store: ChunkStore | None = None,
+    entries: Mapping[str, Callable[[], Mapping[str, Tensor]]] | None = None,
+    ctx: DistributedContext | None = None,
+    desc: str | None = None,
+) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """Every chunk of ``n_items`` items computed, in one process or shared by all ranks.
+
+    The library's data-parallel functions (harvesting, SAE-TS effects and calibration,
+    steering sweeps) compute through this. The chunks are ``chunk_size`` consecutive items
+    (or ``store``'s layout) and are computed the same way whatever the number of processes,
+    so the result is too:
+
+    - one process without ``store``: chunk by chunk in memory;
+    - with ``store`` (one process or several): :func:`run_sharded` over it (resumable);
+    - several processes on one machine without ``store``: :func:`run_sharded` over a
+      temporary folder that rank 0 creates and removes; several machines need a ``store``
+      on a file system all of them see (a :class:`ValueError` says so).
+
+    Under ``torchrun`` the call must run inside :func:`process_group` on every rank, and
+    every rank gets the full result.
+
+    Args:
+        compute: maps a range of item indices to tensors with a leading dimension over them;
+            it must not depend on the rank.
+        n_items: number of items.
+        chunk_size: items per chunk (without ``store``).
+        store: where the chunks are kept; its ``n_items`` must be ``n_items``.
+        entries: named results besides the chunks, each computed once (by rank 0).
+        ctx: the processes sharing the work (default :func:`work_context`).
+        desc: label of a progress bar over the chunks (``None``: no bar).
+
+    Returns:
+        ``(chunks, named)``: the chunks' tensors concatenated in item order, and the tensors
+        of each entry by name.
+    """
+    ctx = work_context() if ctx is None else ctx
+    entries = {name: _alone_call(make) for name, make in (entries or {}).items()}
+    if n_items < 1 or chunk_size < 1:
+        raise ValueError(f"n_items and chunk_size must be >= 1, got {n_items}, {chunk_size}.")
+    if store is not None and store.n_items != n_items:
+        raise ValueError(f"The store holds {store.n_items} items, not {n_items}.")
+    if store is not None:
+        merged = run_sharded(compute, store, ctx=ctx, entries=entries, desc=desc)
+        assert merged is not None  # all_ranks
+        return merged, {name: _read_entry(store, name, make) for name, make in entries.items()}
+    if ctx.world_size == 1:
+        named = {name: dict(make()) for name, make in entries.items()}
+        chunks = [range(a, min(a + chunk_size, n_items)) for a in range(0, n_items, chunk_size)]
+        shown = tqdm(chunks, desc=desc, unit="chunk", disable=None if desc else True)
+        parts = [dict(compute(items)) for items in shown]
+        return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}, named
+    _require_group(ctx)
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    if local is not None and local.strip() and int(local) != ctx.world_size:
+        raise ValueError(
+            f"{ctx.world_size} processes on several machines ({local} on this one) need a "
+            "folder on a file system all of them see to share their results: pass cache_dir "
+            "(or use_cache for the command line, with SSAE_LENS_CACHE on that file system)."
+        )
+    folder = Path(_on_main(ctx, lambda: tempfile.mkdtemp(prefix="ssae-lens-chunks-")))
+    try:
+        temporary = ChunkStore(folder, {"temporary": True}, n_items, chunk_size)
+        merged = run_sharded(compute, temporary, ctx=ctx, entries=entries, desc=desc)
+        assert merged is not None
+        named = {name: _read_entry(temporary, name, make) for name, make in entries.items()}
+        barrier(ctx, "the barrier after reading the temporary chunks")
+    finally:
+        if ctx.is_main:
+            shutil.rmtree(folder, ignore_errors=True)
+    return merged, named
+
+
+def _read_entry(
+    store: ChunkStore, name: str, make: Callable[[], Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """A named entry of ``store``, computed again (and rewritten) if it fails its checks."""
+    found = store.read(name)
+    if found is None:
+        found = dict(make())
+        store.write(name, found)
+    return found
+
+
+@contextmanager
+def main_first(ctx: DistributedContext | None = None, what: str = "rank 0") -> Iterator[None]:
+    """Run the body on rank 0 first, then on the other ranks together.
+
+    For steps that fill a cache every rank then reads (converting a model, training a
+    reference SAE): rank 0 computes and writes it, the others load it. The other ranks wait
+    for rank 0 for up to the collective timeout (``$SSAE_LENS_DIST_TIMEOUT``). Library calls
+    in the body are each rank's own work (:func:`work_context`): they do not shard.
+    """
+    ctx = work_context() if ctx is None else ctx
+    if ctx.world_size == 1:
+        yield
+        return
+    _require_group(ctx)
+    if not ctx.is_main:
+        barrier(ctx, f"waiting for {what}")
+    with _alone():  # the body's own library calls must not wait for the other ranks
+        yield
+    if ctx.is_main:
+        barrier(ctx, f"waiting for {what}")
+
+
+def _require_group(ctx: DistributedContext) -> None:
+    if ctx.world_size > 1 and not dist.is_initialized():
+        raise RuntimeError(
+            f"WORLD_SIZE={ctx.world_size} but no process group: call this inside "
+            "`with ssae_lens.distributed.process_group() as ctx:` on every rank."
+        )

@@ -30,7 +30,10 @@ from ssae_lens.shift_data import ShiftData
 from ssae_lens.steering import SteeringVector, steer
 
 HOOK = "blocks.1.hook_resid_post"
-COMMANDS = ["harvest", "train", "evaluate", "steer", "diagnose", "publish", "demo", "paper"]
+COMMANDS = [
+    "harvest", "train", "evaluate", "steer", "diagnose", "publish", "demo", "paper", "effects",
+    "sae-ts",
+]  # fmt: skip
 runner = CliRunner()
 
 
@@ -289,6 +292,24 @@ def test_config_errors_are_one_line(run, args, code, message):
     assert "Traceback" not in result.output
 
 
+def test_errors_under_torchrun_are_recorded_for_its_failure_summary(tmp_path, monkeypatch):
+    error_file = tmp_path / "error.json"  # torchrun gives each rank such a file
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test-run")
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    config = tmp_path / "c.yaml"
+    config.write_text("model: tiny\n")
+    result = _invoke("effects", config, "--set", "effects.sae_release=x")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: effects: sae_release and sae_id go together (SAE.from_pretrained)."
+    ]
+    recorded = json.loads(error_file.read_text())["message"]["message"]
+    assert (
+        recorded
+        == "ConfigError: effects: sae_release and sae_id go together (SAE.from_pretrained)."
+    )
+
+
 def test_missing_files_are_one_line(run, tmp_path):
     for args in (
         ["harvest", tmp_path / "nope.yaml"],
@@ -345,11 +366,25 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"position": "frist"}, "position must be one of ['last', 'mean']"),
         ({"backend": "transformers"}, "backend must be one of ['hooked', 'bridge']"),
         ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'synthetic.n_pairs'?"),
+        ({"effects": {"sae_path": "a", "sae_release": "b", "sae_id": "c"}}, "not both"),
+        ({"effects": {"sae_release": "b"}}, "sae_release and sae_id go together"),
+        ({"effects": {"n_samples": 0}}, "effects.n_samples must be >= 1"),
+        ({"sae_ts": {"targets": {"x": "abc"}}}, "sae_ts.targets.x must be a non-empty mapping"),
+        ({"sae_ts": {"targets": {"x": {"a": 1}}}}, "features must be integers"),
+        ({"sae_ts": {"targets": {"x": [-2]}}}, "features must be >= 0"),
     ],
 )
 def test_bad_configs_name_the_fix(data, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_from_dict(ExperimentConfig, data)
+
+
+def test_sae_ts_targets_from_yaml_and_overrides():
+    data = apply_overrides({}, ["sae_ts.targets={f: [3, 4], g: {5: -0.5}}", "effects.n_mix=0"])
+    cfg = config_from_dict(ExperimentConfig, data)
+    assert cfg.sae_ts.targets == {"f": {3: 1.0, 4: 1.0}, "g": {5: -0.5}}
+    assert cfg.effects.n_mix == 0 and cfg.effects.n_decoder == 256  # the rest keeps defaults
+    assert config_from_dict(ExperimentConfig, cfg.to_dict()) == cfg
 
 
 def test_shipped_configs_load(load_benchmark):
@@ -368,10 +403,11 @@ def test_shipped_configs_load(load_benchmark):
         "categorical",
         "sentences",
         "paper",
+        "effects",
     } <= names
     for path in configs:
         cfg = load_config(path, classes.get(path.stem, ExperimentConfig))
-        if path.stem not in ("demo", "synthetic", "paper"):
+        if path.stem not in ("demo", "synthetic", "paper", "effects"):
             assert cfg.dataset == path.stem and cfg.model == "gemma-3-270m"
 
 

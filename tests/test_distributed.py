@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from _distributed_worker import HOOK, item_rows
+import yaml
+from _distributed_worker import HOOK, item_rows, library_results, tiny_sae
 from safetensors.torch import load_file
 
 from ssae_lens import harvest_shifts, load_pairs
@@ -19,6 +21,7 @@ from ssae_lens.distributed import (
     TIMEOUT_ENV,
     ChunkStore,
     DistributedContext,
+    compute_chunks,
     current,
     process_group,
     run_sharded,
@@ -157,11 +160,66 @@ def test_single_process_error_propagates_unchanged(tmp_path):
         run_sharded(compute, ChunkStore(tmp_path, {}, 4, 2), ctx=_single())
 
 
+def test_compute_chunks_in_memory_and_in_a_store_agree_and_resume(tmp_path):
+    made = []
+
+    def baseline() -> dict[str, torch.Tensor]:
+        made.append("baseline")
+        return {"x": torch.arange(3.0)}
+
+    compute, calls = _counting(item_rows)
+    in_memory, named = compute_chunks(compute, N_ITEMS, CHUNK, entries={"base": baseline})
+    assert calls == CHUNKS and made == ["baseline"]
+    assert torch.equal(in_memory["rows"], item_rows(range(N_ITEMS))["rows"])
+    assert torch.equal(named["base"]["x"], torch.arange(3.0))
+
+    def stored() -> ChunkStore:
+        return ChunkStore(tmp_path / "s", {"task": "rows"}, N_ITEMS, CHUNK)
+
+    compute, calls = _counting(item_rows)
+    kept, named = compute_chunks(
+        compute, N_ITEMS, CHUNK, store=stored(), entries={"base": baseline}
+    )
+    assert calls == CHUNKS and made == ["baseline"] * 2
+    assert torch.equal(kept["rows"], in_memory["rows"])
+    compute, calls = _counting(item_rows)
+    again, named = compute_chunks(
+        compute, N_ITEMS, CHUNK, store=stored(), entries={"base": baseline}
+    )
+    assert calls == [] and made == ["baseline"] * 2  # all on disk, the entry too
+    assert torch.equal(again["rows"], in_memory["rows"])
+    assert torch.equal(named["base"]["x"], torch.arange(3.0))
+    with pytest.raises(ValueError, match="holds 23 items, not 5"):
+        compute_chunks(item_rows, 5, CHUNK, store=stored())
+
+
+def test_several_machines_need_a_shared_folder(tmp_path, monkeypatch):
+    """Without a store, ranks on several machines (LOCAL_WORLD_SIZE < WORLD_SIZE) would each
+    write to their own temporary folder: refused before any work, naming the fix."""
+    store = torch.distributed.FileStore(str(tmp_path / "rendezvous"), 1)
+    torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        two = DistributedContext(0, 2, 0, torch.device("cpu"), 10.0)
+        compute, calls = _counting(item_rows)
+        with pytest.raises(ValueError, match="several machines .* pass cache_dir"):
+            compute_chunks(compute, N_ITEMS, CHUNK, ctx=two)
+        assert calls == []
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 # ------------------------------------------------------------------------------ torchrun
 def _torchrun(
-    tmp_path: Path, *args: str, timeout_s: float = 120, limit_s: float = 150
+    tmp_path: Path,
+    *args: str,
+    timeout_s: float = 120,
+    limit_s: float = 150,
+    nproc: int = 2,
+    env_extra: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess, float]:
-    """Run the worker on 2 CPU processes (gloo) with store, output and log in ``tmp_path``."""
+    """Run the worker on ``nproc`` CPU processes (gloo) with store, output and log in
+    ``tmp_path``; ``nproc=0``: one plain process, without torchrun."""
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
     env.update(
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
@@ -169,13 +227,12 @@ def _torchrun(
         CUDA_VISIBLE_DEVICES="",  # gloo on CPU even where a GPU exists
         HF_HUB_OFFLINE="1",
         **{TIMEOUT_ENV: str(timeout_s)},
+        **(env_extra or {}),
     )
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",  # rendezvous on a free local port
-        "--nproc_per_node=2",
+        *(launcher if nproc else []),  # --standalone: rendezvous on a free local port
         str(WORKER),
         str(tmp_path / "store"),
         str(tmp_path / "out"),
@@ -278,3 +335,141 @@ def test_two_rank_harvest_equals_one_process(tmp_path, tiny_model, tiny_tokenize
     for out in _outputs(tmp_path):
         assert torch.equal(out["shifts"], one["shifts"])  # same chunks, same arithmetic
         torch.testing.assert_close(out["shifts"], whole, rtol=0, atol=1e-6)
+
+
+def test_library_calls_under_two_ranks_equal_one_process(tmp_path, tiny_model, tiny_tokenizer):
+    """harvest_shifts, measure_effects, calibrate_scales and evaluate_steering, called as in
+    one process inside process_group(): every rank returns one process's result, bit for bit
+    (each chunk is computed by the same arithmetic, and the random numbers are keyed by
+    rollout and batch, never by rank)."""
+    temporary = tmp_path / "tmp"  # where rank 0 puts the shared chunks (no cache_dir given)
+    temporary.mkdir()
+    proc, _ = _torchrun(
+        tmp_path,
+        *("--task", "library", "--tokenizer", tiny_tokenizer.name_or_path),
+        env_extra={"TMPDIR": str(temporary)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected, texts = library_results(tiny_model)
+    assert not list(temporary.glob("ssae-lens-chunks-*"))  # the temporary chunks were removed
+    for rank, out in enumerate(_outputs(tmp_path)):
+        assert set(out) == set(expected)
+        for name, value in expected.items():
+            assert torch.equal(out[name], value), (rank, name)
+        assert json.loads((tmp_path / f"out.rank{rank}.json").read_text()) == texts
+    # The comparison has teeth: effects and sweeps are not trivially zero or constant.
+    assert float(expected["effects"].abs().sum()) > 0
+    assert len(set(texts)) > 3
+
+
+def test_killed_harvest_resumes_from_its_cache_without_recomputing(
+    tmp_path, tiny_model, tiny_tokenizer
+):
+    """Rank 1 is killed on its second forward pass; the same command then computes only
+    the shards missing on disk (counted in texts run through the model), leaves the shards
+    written by the first run untouched, and gives the one-process shifts exactly."""
+    args = ["--task", "harvest-cache", "--n-items", "20", "--chunk-size", "4"]
+    args += ["--tokenizer", tiny_tokenizer.name_or_path]
+    proc, _ = _torchrun(tmp_path, *args, "--exit-rank", "1", "--exit-after", "1")
+    assert proc.returncode != 0
+    (folder,) = (tmp_path / "store").iterdir()
+    store = json.loads((folder / "manifest.json").read_text())["layout"]
+    assert store["chunk_size"] == 4 and store["n_items"] > 24  # 4 shards or more per rank
+    chunks = [(a, min(a + 4, store["n_items"])) for a in range(0, store["n_items"], 4)]
+
+    def written() -> dict[tuple[int, int], int]:
+        return {
+            (a, b): path.stat().st_mtime_ns
+            for a, b in chunks
+            if (path := folder / f"chunk_{a:010d}_{b:010d}.safetensors").exists()
+        }
+
+    first = written()
+    assert 0 < len(first) <= len(chunks) - 2  # at least rank 1's other shards are missing
+    log = (tmp_path / "log").read_text().splitlines()
+    assert [line for line in log if line.startswith("1 ")] == ["1 4"]  # one shard, then killed
+
+    (tmp_path / "log").unlink()
+    proc, _ = _torchrun(tmp_path, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = [tuple(map(int, line.split())) for line in (tmp_path / "log").read_text().splitlines()]
+    missing = [c for c in chunks if c not in first]
+    assert sum(rows for _, rows in second) == sum(b - a for a, b in missing)  # nothing twice
+    assert {rank for rank, _ in second} == {0, 1}  # the ranks shared what was missing
+    again = written()
+    assert set(again) == set(chunks)
+    assert {c: again[c] for c in first} == first  # the first run's shards were not rewritten
+
+    pairs = load_pairs("binary")
+    one = harvest_shifts(
+        tiny_model, (pairs.sources[:20], pairs.targets[:20]), HOOK, batch_size=4, progress=False
+    )
+    for out in _outputs(tmp_path):
+        assert torch.equal(out["shifts"], one)
+
+
+def test_commands_under_torchrun_equal_one_process(tmp_path, tiny_tokenizer):
+    """`ssae-lens harvest`, `effects` and `sae-ts` on 2 ranks and in one process: the same
+    shifts, effects and vectors; only rank 0 prints and writes."""
+    sae_dir = tmp_path / "sae"
+    tiny_sae().save_model(sae_dir)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": "tiny",
+                "dataset": "binary",
+                "hook_name": HOOK,
+                "harvest": {"batch_size": 16, "use_cache": False},
+                "effects": {
+                    "sae_path": str(sae_dir),
+                    "n_decoder": 4,
+                    "n_mix": 2,
+                    "n_random": 2,
+                    "features": [3],
+                    "calibration_directions": 2,
+                    "calibration_texts": ["The cat sat on the mat.", "I love it."],
+                    "target_loss_increase": 0.05,
+                    "prompts": ["The cat sat", "The king"],
+                    "max_new_tokens": 3,
+                    "chunk_size": 2,
+                    "batch_size": 8,
+                },
+                "sae_ts": {"targets": {"f3": [3], "mixed": {5: 1.0, 7: -0.5}}},
+            }
+        )
+    )
+    results = {}
+    for nproc, name in ((2, "two"), (0, "one")):
+        run = tmp_path / name
+        run.mkdir()
+        commands = [
+            [cmd, str(config), "--set", f"out_dir={run / 'runs'}"]
+            for cmd in ("harvest", "effects", "sae-ts")
+        ]
+        proc, _ = _torchrun(
+            run,
+            "--task", "cli", "--tokenizer", tiny_tokenizer.name_or_path,
+            "--cli", json.dumps(commands),
+            nproc=nproc,
+            limit_s=400,
+            env_extra={"SSAE_LENS_CACHE": str(run / "cache")},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for line in ("Shifts:", "Effects of 8 directions", "Effect model:", "f3: SteeringVector"):
+            assert proc.stdout.count(line) == 1, (name, line, proc.stdout)
+        results[name] = run / "runs"
+
+    one, two = results["one"], results["two"]
+    shifts = [load_file(r / "harvest" / "shifts.safetensors") for r in (one, two)]
+    effects = [load_file(r / "effects" / "effects.safetensors") for r in (one, two)]
+    for a, b in (shifts, effects):
+        assert set(a) == set(b)
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    assert float(effects[0]["effects"].abs().sum()) > 0
+    for target in ("f3", "mixed"):
+        vectors = [
+            load_file(r / "sae-ts" / "vectors" / target / "vector.safetensors") for r in (one, two)
+        ]
+        assert torch.equal(vectors[0]["direction"], vectors[1]["direction"])

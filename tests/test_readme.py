@@ -9,14 +9,15 @@ true when the README changes):
   points are ``blocks.0-2``, their width 32, so the README's ``blocks.12`` / ``blocks.8`` /
   ``blocks.6`` hooks, ``d_in=640`` and ``n_layers=18`` are replaced (``PYTHON_SUBSTITUTIONS``).
 - The SSAE in the Python example trains 200 steps, not 3000.
-- The configs the commands name (``configs/binary.yaml``, ``configs/demo.yaml``) are the
-  repository's own files with ``CONFIG_OVERRIDES`` applied (the tiny model's name and hook,
-  fewer training steps and generated tokens).
+- The configs the commands name (``configs/binary.yaml``, ``configs/demo.yaml``,
+  ``configs/effects.yaml``) are the repository's own files with ``CONFIG_OVERRIDES`` applied
+  (the tiny model's name and hook, fewer training steps and generated tokens), and for the
+  SAE-TS commands ``EFFECTS_OVERRIDES`` (the test's SAE, few directions, a target it has).
 - ``ssae-lens paper`` runs ``benchmarks/paper.py`` (22 minutes on Gemma): the script run is
   replaced by a stub that records its arguments.
 - The Hub is the stand-in server of conftest.py (``fake_hub``), set as the default endpoint.
 - Files a README line assumes the user has (``pairs.jsonl``, ``pairs.csv``, ``my_vector/``,
-  ``my_sae/``) are made by the test.
+  ``my_sae/``, a SAELens SAE) are made by the test.
 
 The quick-start's ``make demo`` / ``make test`` are not run here (they are what runs this).
 """
@@ -54,6 +55,22 @@ CONFIG_OVERRIDES = {
     "hook_name": HOOK,
     "train": {"d_sae": 2, "training_steps": 40},
     "steer": {"max_new_tokens": 3},
+}
+
+
+# configs/effects.yaml measures the effects of the tiny SAE the test saves (my_sae), few and
+# short, and aims at a feature it has (the shipped targets are the reference SAE's).
+EFFECTS_OVERRIDES = {
+    "effects": {
+        "sae_path": "my_sae",
+        "n_decoder": 4,
+        "n_mix": 2,
+        "n_random": 2,
+        "calibration_directions": 2,
+        "max_new_tokens": 3,
+        "chunk_size": 4,
+    },
+    "sae_ts": {"targets": {"f3": [3]}},
 }
 
 
@@ -99,13 +116,18 @@ def workspace(tmp_path, tiny_model, tiny_bridge, fake_hub, monkeypatch):
         "".join(f'{{"source": "{s}", "target": "{t}"}}\n' for s, t in words)
     )
     Path("pairs.csv").write_text("english,french\n" + "".join(f"{s},{t}\n" for s, t in words))
-    for name in ("binary", "demo", "paper"):
+    for name in ("binary", "demo", "paper", "effects"):
         data = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
         if name != "paper":
-            for key, value in CONFIG_OVERRIDES.items():
+            overrides = {**CONFIG_OVERRIDES, **(EFFECTS_OVERRIDES if name == "effects" else {})}
+            for key, value in overrides.items():
                 data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
         Path("configs").mkdir(exist_ok=True)
         Path("configs", f"{name}.yaml").write_text(yaml.safe_dump(data))
+    # The SAELens SAE the SAE-TS lines name, at the tiny model's hook.
+    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
+    sae.cfg.metadata.hook_name = HOOK
+    sae.save_model("my_sae")
     return tmp_path
 
 
@@ -131,9 +153,6 @@ def test_the_command_lines_run(workspace, tiny_model, monkeypatch):
     # The files the diagnose line names: a vector and a SAELens SAE at the tiny model's hook.
     gen = torch.Generator().manual_seed(0)
     SteeringVector(torch.randn(32, generator=gen), HOOK).save("my_vector")
-    sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=16))
-    sae.cfg.metadata.hook_name = HOOK
-    sae.save_model("my_sae")
     runner = CliRunner()
     for args in _commands():
         assert args[0] == "ssae-lens"

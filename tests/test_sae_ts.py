@@ -257,7 +257,8 @@ def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model
     seen = {}
 
     def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
-        seen.setdefault("sweep", sweep)
+        if len(sweep) > len(seen.get("sweep", ())):  # the sweep, not the unsteered loss's
+            seen["sweep"] = sweep
         return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
 
     monkeypatch.setattr(sae_ts_calibration, "_steered_losses", stub_losses)

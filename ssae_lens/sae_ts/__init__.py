@@ -17,9 +17,17 @@ The method of Chalnev, Siu & Conmy (2024), for any SAELens dictionary, one modul
     effects = measure_effects(model, sae, dirs, scales, prompts=prompts, cache_dir="effects")
     effect_model, report = EffectModel.fit(dirs, effects)
     v = sae_ts_vector(effect_model, {123: 0.5, 456: 0.5})
+
+:func:`effect_directions` builds the directions (decoder rows, mixes, random);
+:class:`EffectData` keeps measured effects with the SAE's identity and the settings, and
+with :class:`EffectModel` goes to and from the Hugging Face Hub with a model card
+(:mod:`ssae_lens.sae_ts.hub`). ``ssae-lens effects`` and ``ssae-lens sae-ts`` run these steps
+from a config, also under ``torchrun``.
 """
 
 from ssae_lens.sae_ts.calibration import calibrate_scales, interpolate_scales
+from ssae_lens.sae_ts.directions import effect_directions
+from ssae_lens.sae_ts.effect_data import EffectData, dictionary_identity
 from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
 from ssae_lens.sae_ts.effects import measure_effects, side_effect_ratio
 from ssae_lens.sae_ts.vectors import (
@@ -32,12 +40,15 @@ from ssae_lens.sae_ts.vectors import (
 )
 
 __all__ = [
+    "EffectData",
     "EffectModel",
     "FitReport",
     "Target",
     "calibrate_scales",
     "decoder_rotation",
     "decoder_row_vector",
+    "dictionary_identity",
+    "effect_directions",
     "interpolate_scales",
     "measure_effects",
     "pinv_vector",

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Sequence
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from ssae_lens._core.backend import Model
+from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_hooks, tensor_digest
 from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
+from ssae_lens.distributed import compute_chunks
 from ssae_lens.sae_ts._checks import check_directions
 from ssae_lens.steering import steer_rows
 
 __all__ = ["calibrate_scales", "interpolate_scales"]
+
+_CACHE_FORMAT = 1
 
 
 def calibrate_scales(
@@ -30,6 +34,8 @@ def calibrate_scales(
     scales: Sequence[float] | Tensor | None = None,
     batch_size: int = 32,
     precision: Precision | None = None,
+    chunk_size: int = 16,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Float[Tensor, " n"]:
     """Per direction, the scale at which the LM loss on ``reference_texts`` rises by a target.
 
@@ -42,6 +48,13 @@ def calibrate_scales(
     The forward passes run in ``precision`` (``None``: the model's); the losses and norms are
     computed in float32.
 
+    The directions are processed in chunks of ``chunk_size``
+    (:func:`~ssae_lens.distributed.compute_chunks`): with ``cache_dir`` each chunk's losses
+    are written to a resumable :class:`~ssae_lens._core.cache.ChunkStore` keyed by the
+    model's weights, the texts' tokens, the directions and the sweep; under ``torchrun``,
+    inside :func:`ssae_lens.distributed.process_group`, the chunks are shared by the ranks
+    and every rank returns the same scales as one process.
+
     Returns:
         ``(n,)`` float32 scales on the CPU.
     """
@@ -49,8 +62,8 @@ def calibrate_scales(
     texts = [str(t) for t in reference_texts]
     if not texts:
         raise ValueError("calibrate_scales needs at least one reference text.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}.")
     tokens, mask = _right_padded(model, texts)
     precision = resolve_precision(model, precision)
     if scales is None:
@@ -58,13 +71,44 @@ def calibrate_scales(
     sweep = torch.as_tensor(scales, dtype=torch.float32).flatten()
     if sweep.numel() == 0 or not bool((sweep > 0).all()) or not bool((sweep.diff() > 0).all()):
         raise ValueError(f"scales must be positive and increasing, got {sweep.tolist()}.")
-    losses = _steered_losses(
-        model, directions, hook_name, tokens, mask, sweep, batch_size, precision
+
+    def chunk(items: range) -> dict[str, Tensor]:
+        rows = directions[items.start : items.stop]
+        losses = _steered_losses(model, rows, hook_name, tokens, mask, sweep, batch_size, precision)
+        return {"loss": losses}
+
+    def unsteered() -> dict[str, Tensor]:
+        zero = directions[:1] * 0
+        return {
+            "loss": _steered_losses(
+                model, zero, hook_name, tokens, mask, sweep[:1], batch_size, precision
+            )
+        }
+
+    store = None
+    if cache_dir is not None:
+        refuse_active_hooks(model, what="calibrate_scales with cache_dir")
+        settings = dict(
+            format=_CACHE_FORMAT,
+            model_name=model.cfg.model_name,
+            model=model_fingerprint(model),
+            tokens=tensor_digest(tokens, mask),
+            hook_name=hook_name,
+            directions=tensor_digest(directions, sweep),
+            batch_size=batch_size,
+            precision=precision,
+        )
+        store = ChunkStore(cache_dir, settings, directions.shape[0], chunk_size)
+    losses, named = compute_chunks(
+        chunk,
+        directions.shape[0],
+        chunk_size,
+        store=store,
+        entries={"unsteered": unsteered},
+        desc="calibrating scales",
     )
-    base = _steered_losses(
-        model, directions[:1] * 0, hook_name, tokens, mask, sweep[:1], batch_size, precision
-    )[0, 0]
-    result, reached = interpolate_scales(sweep, losses - base, target_loss_increase)
+    base = named["unsteered"]["loss"][0, 0]
+    result, reached = interpolate_scales(sweep, losses["loss"] - base, target_loss_increase)
     if not bool(reached.all()):
         missing = torch.nonzero(~reached).flatten().tolist()
         warnings.warn(
@@ -125,7 +169,7 @@ def _steered_losses(
     rows = pairs.repeat_interleave(t, dim=0)
     text = torch.arange(t).repeat(n * k)
     nll_sum = torch.zeros(n * k, dtype=torch.float64)
-    for lo in tqdm(range(0, len(rows), batch_size), desc="calibrating scales", disable=None):
+    for lo in range(0, len(rows), batch_size):
         sel = slice(lo, lo + batch_size)
         vec, step, txt = rows[sel, 0], rows[sel, 1], text[sel]
         steering = steer_rows(model, directions[vec], hook_name, sweep[step])

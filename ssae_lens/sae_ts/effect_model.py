@@ -173,6 +173,63 @@ class EffectModel:
             meta = json.loads((f.metadata() or {}).get("ssae_lens", "{}"))
             return cls(f.get_tensor("W"), f.get_tensor("b"), **meta)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        path_in_repo: str | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        api: Any | None = None,
+        private: bool | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """Upload to a Hub repository with a model card (see :mod:`ssae_lens.sae_ts.hub`);
+        the model must record its SAE (fit it with ``EffectData.fit``). Returns the commit
+        URL."""
+        from ssae_lens.sae_ts.hub import push_effects
+
+        return push_effects(
+            self,
+            repo_id,
+            path_in_repo=path_in_repo,
+            token=token,
+            endpoint=endpoint,
+            api=api,
+            private=private,
+            commit_message=commit_message,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        *,
+        sae: Any | None,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | None = None,
+        endpoint: str | None = None,
+        local_files_only: bool = False,
+    ) -> EffectModel:
+        """Load from a local folder or a Hub repository (through the Hugging Face cache),
+        refusing an ``sae`` (a SAELens SAE) other than the one its effects were measured
+        with (``None``: no check)."""
+        from ssae_lens.sae_ts.hub import load_effects
+
+        return load_effects(
+            repo_id_or_path,
+            "effect model",
+            sae=sae,
+            subfolder=subfolder,
+            revision=revision,
+            cache_dir=cache_dir,
+            token=token,
+            endpoint=endpoint,
+            local_files_only=local_files_only,
+        )
+
 
 def _cv_weight_decay(x: Tensor, y: Tensor, grid: list[float], seed: int, folds: int = 5) -> float:
     """The ridge penalty of ``grid`` with the lowest ``folds``-fold cross-validated MSE."""

@@ -19,7 +19,6 @@ import torch
 from jaxtyping import Float
 from sae_lens import SAE
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens.utilities import get_attention_mask
 
 from ssae_lens._core.backend import Model, backend
@@ -32,6 +31,7 @@ from ssae_lens._core.cache import (
 )
 from ssae_lens._core.hooks import check_hook_names, dictionary_hook_name, hook_layer
 from ssae_lens._core.precision import Precision, autocast, resolve_precision
+from ssae_lens.distributed import compute_chunks
 from ssae_lens.generation import generate_tokens
 from ssae_lens.sae_ts._checks import check_directions, per_row_scales
 from ssae_lens.sae_ts.vectors import Target, target_tensor
@@ -89,6 +89,12 @@ def measure_effects(
     an interrupted run resumes at the first missing chunk, a damaged chunk is recomputed with
     a warning, and a rerun with other settings raises. Caching while hooks are active on the
     model or the SAE (e.g. inside ``steer(...)``) raises.
+
+    Under ``torchrun``, inside :func:`ssae_lens.distributed.process_group`, the chunks of
+    directions are shared by the ranks (:func:`~ssae_lens.distributed.compute_chunks`) and
+    every rank returns the full result. Each chunk is computed as in one process and the
+    rollouts' random numbers are keyed by rollout, not by rank, so the effects do not depend
+    on the number of processes.
 
     Args:
         model: a ``HookedTransformer`` or ``TransformerBridge``.
@@ -169,32 +175,18 @@ def measure_effects(
     if cache_dir is not None:
         refuse_active_hooks(model, sae, what="measure_effects with cache_dir")
         store = ChunkStore(cache_dir, settings, n, chunk_size)
-        store.open()
 
-    def mean_features(items: range | None) -> Tensor:
-        """Chunk ``items`` of the directions, or the unsteered baseline (``None``)."""
-        entry = "baseline" if items is None else items
-        found = store.read(entry) if store is not None else None
-        if found is not None:
-            return found["mean_features"]
-        if items is None:
-            value = rollout.mean_features(None, None)
-        else:
-            rows = slice(items.start, items.stop)
-            value = rollout.mean_features(directions[rows], scale_t[rows])
-        if store is not None:
-            store.write(entry, {"mean_features": value})
-        return value
+    def chunk(items: range) -> dict[str, Tensor]:
+        rows = slice(items.start, items.stop)
+        return {"mean_features": rollout.mean_features(directions[rows], scale_t[rows])}
 
-    chunks = [range(a, min(a + chunk_size, n)) for a in range(0, n, chunk_size)]
-    with tqdm(total=len(chunks) + 1, desc="SAE-TS effects", disable=None) as bar:
-        baseline = mean_features(None)[0]
-        bar.update()
-        means = []
-        for items in chunks:
-            means.append(mean_features(items))
-            bar.update()
-    return torch.cat(means) - baseline
+    def baseline() -> dict[str, Tensor]:
+        return {"mean_features": rollout.mean_features(None, None)}
+
+    means, named = compute_chunks(
+        chunk, n, chunk_size, store=store, entries={"baseline": baseline}, desc="SAE-TS effects"
+    )
+    return means["mean_features"] - named["baseline"]["mean_features"][0]
 
 
 @dataclass
