@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -35,6 +35,7 @@ from ssae_lens._core.cache import dictionary_fingerprint, model_fingerprint
 from ssae_lens._core.hooks import dictionary_hook_name
 from ssae_lens._core.io import atomic_path
 from ssae_lens.sae_ts._checks import check_directions, per_row_scales
+from ssae_lens.sae_ts._hub_entry import HubEntry
 from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
 from ssae_lens.sae_ts.effects import measure_effects
 
@@ -103,7 +104,7 @@ def check_dictionary(identity: Mapping[str, Any], sae: SAE, what: str) -> None:
 
 
 @dataclass
-class EffectData:
+class EffectData(HubEntry):
     """Directions, their scales and their effects on an SAE's features, with provenance.
 
     Attributes:
@@ -115,6 +116,7 @@ class EffectData:
             sampling options and prompts, ``scale_protocol`` and the ``kinds`` of directions.
     """
 
+    hub_kind: ClassVar[str] = "effect data"
     directions: Float[Tensor, "n d_model"]
     scales: Float[Tensor, " n"]
     effects: Float[Tensor, "n d_sae"]
@@ -259,58 +261,3 @@ class EffectData:
         if sae is not None:
             check_dictionary(data.dictionary, sae, f"The effect data {str(path)!r}")
         return data
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        path_in_repo: str | None = None,
-        token: str | None = None,
-        endpoint: str | None = None,
-        api: Any | None = None,
-        private: bool | None = None,
-        commit_message: str | None = None,
-    ) -> str:
-        """Upload to a Hub repository with a model card (see :mod:`ssae_lens.sae_ts.hub`);
-        returns the commit URL."""
-        from ssae_lens.sae_ts.hub import push_effects
-
-        return push_effects(
-            self,
-            repo_id,
-            path_in_repo=path_in_repo,
-            token=token,
-            endpoint=endpoint,
-            api=api,
-            private=private,
-            commit_message=commit_message,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id_or_path: str | os.PathLike,
-        *,
-        sae: SAE | None,
-        subfolder: str | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | None = None,
-        endpoint: str | None = None,
-        local_files_only: bool = False,
-    ) -> EffectData:
-        """Load from a local folder or a Hub repository (through the Hugging Face cache),
-        refusing an ``sae`` other than the one measured (``None``: no check)."""
-        from ssae_lens.sae_ts.hub import load_effects
-
-        return load_effects(
-            repo_id_or_path,
-            "effect data",
-            sae=sae,
-            subfolder=subfolder,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            endpoint=endpoint,
-            local_files_only=local_files_only,
-        )

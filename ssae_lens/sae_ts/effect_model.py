@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssae_lens._core.io import atomic_path
+from ssae_lens.sae_ts._hub_entry import HubEntry
 
 __all__ = ["EffectModel", "FitReport"]
 
@@ -47,7 +48,7 @@ class FitReport:
 
 
 @dataclass
-class EffectModel:
+class EffectModel(HubEntry):
     """The linear effect model ``y(s) = s W + b`` of SAE-TS.
 
     Attributes:
@@ -58,6 +59,7 @@ class EffectModel:
         provenance: JSON-serialisable facts about the fit.
     """
 
+    hub_kind: ClassVar[str] = "effect model"
     W: Float[Tensor, "d_model d_sae"]
     b: Float[Tensor, " d_sae"]
     hook_name: str | None = None
@@ -172,63 +174,6 @@ class EffectModel:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("ssae_lens", "{}"))
             return cls(f.get_tensor("W"), f.get_tensor("b"), **meta)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        path_in_repo: str | None = None,
-        token: str | None = None,
-        endpoint: str | None = None,
-        api: Any | None = None,
-        private: bool | None = None,
-        commit_message: str | None = None,
-    ) -> str:
-        """Upload to a Hub repository with a model card (see :mod:`ssae_lens.sae_ts.hub`);
-        the model must record its SAE (fit it with ``EffectData.fit``). Returns the commit
-        URL."""
-        from ssae_lens.sae_ts.hub import push_effects
-
-        return push_effects(
-            self,
-            repo_id,
-            path_in_repo=path_in_repo,
-            token=token,
-            endpoint=endpoint,
-            api=api,
-            private=private,
-            commit_message=commit_message,
-        )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id_or_path: str | os.PathLike,
-        *,
-        sae: Any | None,
-        subfolder: str | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        token: str | None = None,
-        endpoint: str | None = None,
-        local_files_only: bool = False,
-    ) -> EffectModel:
-        """Load from a local folder or a Hub repository (through the Hugging Face cache),
-        refusing an ``sae`` (a SAELens SAE) other than the one its effects were measured
-        with (``None``: no check)."""
-        from ssae_lens.sae_ts.hub import load_effects
-
-        return load_effects(
-            repo_id_or_path,
-            "effect model",
-            sae=sae,
-            subfolder=subfolder,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            endpoint=endpoint,
-            local_files_only=local_files_only,
-        )
 
 
 def _cv_weight_decay(x: Tensor, y: Tensor, grid: list[float], seed: int, folds: int = 5) -> float:
