@@ -317,6 +317,7 @@ def test_stuck_rank_times_out_with_a_clear_message(tmp_path):
     assert seconds < 100
 
 
+@pytest.mark.slow  # torchrun launches of the whole package: tens of seconds each
 def test_two_rank_harvest_equals_one_process(tmp_path, tiny_model, tiny_tokenizer):
     """Example integration: activation shifts of pairs sharded across 2 ranks."""
     n, chunk = 10, 4
@@ -337,6 +338,7 @@ def test_two_rank_harvest_equals_one_process(tmp_path, tiny_model, tiny_tokenize
         torch.testing.assert_close(out["shifts"], whole, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # torchrun launches of the whole package: tens of seconds each
 def test_library_calls_under_two_ranks_equal_one_process(tmp_path, tiny_model, tiny_tokenizer):
     """harvest_shifts, measure_effects, calibrate_scales and evaluate_steering, called as in
     one process inside process_group(): every rank returns one process's result, bit for bit
@@ -362,6 +364,7 @@ def test_library_calls_under_two_ranks_equal_one_process(tmp_path, tiny_model, t
     assert len(set(texts)) > 3
 
 
+@pytest.mark.slow  # torchrun launches of the whole package: tens of seconds each
 def test_killed_harvest_resumes_from_its_cache_without_recomputing(
     tmp_path, tiny_model, tiny_tokenizer
 ):
@@ -408,6 +411,7 @@ def test_killed_harvest_resumes_from_its_cache_without_recomputing(
         assert torch.equal(out["shifts"], one)
 
 
+@pytest.mark.slow  # torchrun launches of the whole package: tens of seconds each
 def test_commands_under_torchrun_equal_one_process(tmp_path, tiny_tokenizer):
     """`ssae-lens harvest`, `effects` and `sae-ts` on 2 ranks and in one process: the same
     shifts, effects and vectors; only rank 0 prints and writes."""
