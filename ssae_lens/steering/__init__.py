@@ -23,16 +23,11 @@ from ssae_lens.steering.diagnostics import (
     DiagnosticThresholds,
     diagnose_decomposition,
 )
-from ssae_lens.steering.evaluation import (
-    ScaleResult,
-    SteeringEvaluation,
-    SteeringSample,
-    evaluate_methods,
-    evaluate_steering,
-)
+from ssae_lens.steering.evaluation import evaluate_methods, evaluate_steering
 from ssae_lens.steering.gguf import control_vector_layer, write_control_vector
 from ssae_lens.steering.judge import LLMJudgeScorer
 from ssae_lens.steering.query import QueryPrototypes, move_codes, steer_queries
+from ssae_lens.steering.results import ScaleResult, SteeringEvaluation, SteeringSample
 from ssae_lens.steering.scorers import (
     KeywordScorer,
     LikelihoodCoherenceScorer,

@@ -1,7 +1,7 @@
 """Paired comparison of steering methods evaluated on the same prompts and seeds.
 
 Sweeps from :func:`~ssae_lens.steering.evaluation.evaluate_methods` (or separate
-``evaluate_steering`` calls with the same :data:`~ssae_lens.steering.evaluation.PAIRING_SETTINGS`)
+``evaluate_steering`` calls with the same :data:`~ssae_lens.steering.results.PAIRING_SETTINGS`)
 hold, for every (prompt, sample) unit, one continuation per method and scale, all drawn with
 the same random numbers. The bootstrap resamples these units once per replicate for all
 methods together and recomputes each method's metric (max over its scales), so the
@@ -26,7 +26,7 @@ from ssae_lens.steering.bootstrap import (
     percentile_interval,
     resample_counts,
 )
-from ssae_lens.steering.evaluation import PAIRING_SETTINGS, SteeringEvaluation
+from ssae_lens.steering.results import PAIRING_SETTINGS, SteeringEvaluation
 
 __all__ = ["MethodComparison", "MethodScore", "PairedDifference", "compare_evaluations"]
 
@@ -113,7 +113,7 @@ def compare_evaluations(
 
     Args:
         evaluations: ``{method name: SteeringEvaluation}``, all with the same
-            :data:`~ssae_lens.steering.evaluation.PAIRING_SETTINGS` (as
+            :data:`~ssae_lens.steering.results.PAIRING_SETTINGS` (as
             ``evaluate_methods`` makes them).
         metric: ``"product_of_means"`` or ``"mean_of_products"``; default the evaluations'
             own (which must then agree).
