@@ -13,15 +13,15 @@ The method of Chalnev, Siu & Conmy (2024), for any SAELens dictionary, one modul
 
 ::
 
-    scales = calibrate_scales(model, dirs, hook, reference_texts=texts)
-    effects = measure_effects(model, sae, dirs, scales, prompts=prompts, cache_dir="effects")
+    scales = calibrate_scales(model, dirs, hook, reference_texts=texts)  # each direction's own
+    effects = measure_effects(model, sae, dirs, scales, cache_dir="effects")  # reference protocol
     effect_model, report = EffectModel.fit(dirs, effects)
     v = sae_ts_vector(effect_model, {123: 0.5, 456: 0.5})
 """
 
 from ssae_lens.sae_ts.calibration import calibrate_scales, interpolate_scales
 from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
-from ssae_lens.sae_ts.effects import measure_effects, side_effect_ratio
+from ssae_lens.sae_ts.effects import EFFECT_PROMPTS, measure_effects, side_effect_ratio
 from ssae_lens.sae_ts.vectors import (
     Target,
     decoder_rotation,
@@ -32,6 +32,7 @@ from ssae_lens.sae_ts.vectors import (
 )
 
 __all__ = [
+    "EFFECT_PROMPTS",
     "EffectModel",
     "FitReport",
     "Target",
