@@ -398,6 +398,7 @@ def run(given: SaeTsConfig) -> None:
         picked = torch.randperm(len(directions), generator=gen)[:8]
         scales = calibrated(directions[picked], "median_scales").median().expand(len(directions))
     clock.lap(f"calibration of {len(directions)} directions")
+    calibration_seconds = clock.timings[f"calibration of {len(directions)} directions"]
     print(
         f"mean |x| at {hook}: {act_norm:.0f}; effect scales: median {float(scales.median()):.0f}"
         f", range {float(scales.min()):.0f}-{float(scales.max()):.0f}",
@@ -423,6 +424,9 @@ def run(given: SaeTsConfig) -> None:
         **rollout,
     )
     clock.lap("effects")
+    effect_tokens = _token_counts(model, cfg, len(directions), 0)["per_direction"] * (
+        len(directions) + 1
+    )
     effect_model, report = EffectModel.fit(
         directions,
         effects,
@@ -494,6 +498,11 @@ def run(given: SaeTsConfig) -> None:
         target_r2={f: float(feature_r2[f]) for f in target_features},
         side=side,
         tokens=_token_counts(model, cfg, len(directions), 2 * n_side),
+        rates=dict(
+            # the effect rollouts: every direction's and one unsteered set
+            effect_s_per_token=clock.timings["effects"] / effect_tokens,
+            calibration_s_per_direction=calibration_seconds / len(directions),
+        ),
         tasks={},
         clock=clock,
     )
@@ -705,6 +714,12 @@ def write_report(given: SaeTsConfig, cfg: SaeTsConfig, state: dict[str, Any]) ->
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in clock.timings.items()) + ".",
         "",
+        f"Rates: effects {1e3 * state['rates']['effect_s_per_token']:.2f} ms per direction x "
+        "rollout x token (generation, steered, and the unsteered readout; 0 when the effects "
+        f"came from the cache); calibration {state['rates']['calibration_s_per_direction']:.2f}"
+        f" s per direction ({cfg.calibration_texts} texts x up to {len(state['cal_grid'])} "
+        "scales, stopping at the first crossing).",
+        "",
         "## Feature cards of the task targets",
         "",
         "On a held-out reference corpus (model rollouts and sentences, another seed than the "
@@ -726,6 +741,7 @@ def write_report(given: SaeTsConfig, cfg: SaeTsConfig, state: dict[str, Any]) ->
         target_r2=state["target_r2"],
         targets=state["targets"],
         tokens=tokens,
+        rates=state["rates"],
         cards=[card.to_dict() for card in state["cards"]],
         tasks={
             task: dict(
