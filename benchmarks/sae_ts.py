@@ -601,14 +601,18 @@ def write_candidates(cfg, given, model, sae, sae_sha, corpus) -> None:
         "concept and record them in the config's `targets` (and `targets_sae`).",
         "",
     ]
+    tops = {}
     for task in cfg.tasks:
         negative, positive = task_texts(task, 64, cfg.seed + 1)
-        sep = separation(sae, model, cfg.hook_name, negative, positive)
-        top = sep.topk(cfg.candidates)
+        top = separation(sae, model, cfg.hook_name, negative, positive).topk(cfg.candidates)
+        tops[task] = dict(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+    features = list(dict.fromkeys(f for top in tops.values() for f in top))
+    cards = feature_cards(model, sae, features, corpus, n_contexts=8, n_logits=10)  # one harvest
+    by_feature = dict(zip(features, cards, strict=True))
+    for task, top in tops.items():
         lines += [f"## {task}", ""]
-        cards = feature_cards(model, sae, top.indices.tolist(), corpus, n_contexts=8, n_logits=10)
-        for value, card in zip(top.values.tolist(), cards, strict=True):
-            lines += [f"separation {value:.2f}", "```", card.summary(), "```", ""]
+        for f, value in top.items():
+            lines += [f"separation {value:.2f}", "```", by_feature[f].summary(), "```", ""]
     text = "\n".join(lines)
     print(text)
     write_text_atomic(Path(cfg.out_dir) / f"{given.stem()}_candidates.md", text)

@@ -96,3 +96,19 @@ def test_sign_test_matches_the_binomial_distribution(bench):
     for wins, losses in ((0, 0), (3, 0), (7, 2), (5, 5), (1, 12)):
         expected = 1.0 if wins + losses == 0 else binomtest(wins, wins + losses).pvalue
         assert bench._sign_test(wins, losses) == pytest.approx(expected, rel=1e-9)
+
+
+def test_candidates_list_each_tasks_most_separating_features_with_cards(
+    bench, tiny_model, tiny_sae, tmp_path, monkeypatch
+):
+    texts = {"tense": (NEGATIVE, POSITIVE), "voice": (POSITIVE, NEGATIVE)}  # short: n_ctx 48
+    monkeypatch.setattr(bench, "task_texts", lambda task, n, seed: texts[task])
+    cfg = bench.SaeTsConfig(hook_name=HOOK, out_dir=str(tmp_path), tasks=list(texts), candidates=3)
+    bench.write_candidates(cfg, cfg, tiny_model, tiny_sae, "ab" * 32, NEGATIVE + POSITIVE)
+    text = (tmp_path / "sae_ts_candidates.md").read_text()
+    for task, (negative, positive) in texts.items():
+        sep = bench.separation(tiny_sae, tiny_model, HOOK, negative, positive)
+        section = text.split(f"## {task}\n")[1].split("\n## ")[0]
+        listed = [float(line.split()[1]) for line in section.splitlines() if "separation" in line]
+        assert listed == pytest.approx(sep.sort(descending=True).values[:3].tolist(), abs=5e-3)
+        assert section.count("```") == 2 * 3  # a card per candidate
