@@ -161,6 +161,8 @@ class SaeTsConfig(RunConfig):
     targets: dict[str, Any] = field(default_factory=dict)
     targets_sae: str | None = None  # sha256 prefix of the SAE whose cards the targets read
     candidates: int = 0  # > 0: write the cards of each task's top features and stop
+    # reference_corpus options of the cards' held-out corpus (None: the SAE's corpus options)
+    card_corpus: dict[str, Any] | None = None
     behavior: Literal["offline", "probe"] = "offline"
     eval_prompts: list[str] = field(default_factory=lambda: ["I think", "My friend told me"])
     eval_samples: int = 16  # sampled continuations per prompt and scale
@@ -567,8 +569,9 @@ def run(given: SaeTsConfig) -> None:
 
 def _card_corpus(model, cfg: SaeTsConfig, cache: Path) -> list[str]:
     """A held-out reference corpus for the cards (another seed than the SAE's), cached."""
-    corpus = dict(cfg.sae.corpus_options or {})
-    path = cache.parent / f"card_corpus-{hashlib.sha256(str(corpus).encode()).hexdigest()[:8]}.json"
+    corpus = dict(cfg.sae.corpus_options if cfg.card_corpus is None else cfg.card_corpus)
+    key = hashlib.sha256(str((corpus, cfg.seed)).encode()).hexdigest()[:8]
+    path = cache.parent / f"card_corpus-{key}.json"
     if path.is_file():
         return json.loads(path.read_text())
     texts = reference_corpus(model, **corpus, seed=cfg.seed + 7)
@@ -726,8 +729,9 @@ def write_report(given: SaeTsConfig, cfg: SaeTsConfig, state: dict[str, Any]) ->
         "",
         "## Feature cards of the task targets",
         "",
-        "On a held-out reference corpus (model rollouts and sentences, another seed than the "
-        "SAE's corpus).",
+        "On a held-out reference corpus (`reference_corpus` with "
+        f"{cfg.sae.corpus_options if cfg.card_corpus is None else cfg.card_corpus}, another "
+        "seed than the SAE's corpus).",
         "",
     ]
     for card in state["cards"]:
