@@ -116,7 +116,8 @@ def generate_tokens(
         model: a ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer. A bridge
             needs a transformers version whose KV cache it fills (below 5.24 with
             TransformerLens 3.9); otherwise this raises ``RuntimeError``.
-        prompts: the prompts, one per batch row.
+        prompts: the prompts, one per batch row. An empty prompt is the BOS token alone
+            (for a model that prepends BOS).
         max_new_tokens: tokens to generate per row.
         do_sample: sample (else greedy: the most likely token).
         temperature: sampling temperature.
@@ -153,6 +154,13 @@ def generate_tokens(
             f"({len(prompts)}, {max_new_tokens}), got {tuple(uniforms.shape)}."
         )
     tokenized = {p: lm.token_ids(p) for p in dict.fromkeys(prompts)}  # rows repeat prompts
+    empty = [p for p, ids in tokenized.items() if not ids]
+    if empty:
+        raise ValueError(
+            f"The prompt {empty[0]!r} has no tokens: the model prepends no BOS token "
+            "(default_prepend_bos is False), so an empty prompt has nothing to continue. "
+            "Give a non-empty prompt, or a model that prepends BOS."
+        )
     longest = max(tokenized.values(), key=len)
     if len(longest) + max_new_tokens > lm.n_ctx:
         raise ValueError(

@@ -419,7 +419,14 @@ def test_sae_ts_benchmark_reads_its_config_with_the_shared_loader(load_benchmark
     shipped = yaml.safe_load(path.read_text())
     assert cfg.n_decoder == shipped["n_decoder"] and cfg.n_mix == 7
     assert cfg.sae.corpus_options == shipped["sae"]["corpus_options"]
-    assert cfg.tasks == shipped["tasks"] and cfg.sweep == [1.0, 2.0]
+    assert cfg.tasks == shipped["tasks"] and cfg.sweep == [float(x) for x in shipped["sweep"]]
+    # weighted targets: {task: {feature: weight}} (a list weighs each feature 1)
+    assert cfg.targets == {
+        task: {int(f): float(w) for f, w in weights.items()}
+        for task, weights in shipped["targets"].items()
+    }
+    listed = bench.parse_config_args(bench.SaeTsConfig, ["--set", "targets={french: [3, 5]}"])
+    assert listed.targets == {"french": {3: 1.0, 5: 1.0}}
     quick = bench.SaeTsConfig(quick=True).sizes()
     assert quick.n_decoder == 8 and quick.held_samples == quick.samples == 1
     with pytest.raises(SystemExit) as exit_info:

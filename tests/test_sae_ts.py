@@ -90,9 +90,76 @@ def test_greedy_effects_equal_a_hand_computation_from_unsteered_readouts(tiny_mo
     with torch.no_grad():
         baseline = mean_features(None)
         expected = torch.stack([mean_features(d) for d in dirs]) - baseline
-    got = effects(tiny_model, tiny_sae, dirs, max_new_tokens=n_new)
+    got = effects(tiny_model, tiny_sae, dirs, max_new_tokens=n_new, positions="generated")
     assert float(expected.abs().sum(1).min()) > 0.05  # the vectors change the text
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_effects_over_a_total_length_with_bos_only_prompts(tiny_model, tiny_sae):
+    # Reference protocol, by hand: each rollout is `total` tokens long with its prompt (the
+    # empty prompt is BOS alone, so it generates total - 1 tokens), its features are averaged
+    # over every position (BOS and prompt included), and rollouts weigh equally.
+    prompts, total, dirs = ["", "The cat sat", ""], 9, unit_directions(2, seed=5)
+    bos = tiny_model.tokenizer.bos_token_id
+
+    def mean_features(direction):
+        rows = []
+        for prompt in prompts:
+            start = torch.tensor([[bos]]) if prompt == "" else tiny_model.to_tokens(prompt)
+            hooks = [] if direction is None else [(HOOK, lambda act, hook: act + 3.0 * direction)]
+            with tiny_model.hooks(fwd_hooks=hooks):
+                tokens = tiny_model.generate(
+                    start, max_new_tokens=total - start.shape[1], do_sample=False,
+                    stop_at_eos=False, verbose=False, return_type="tokens",
+                )  # fmt: skip
+            assert tokens.shape == (1, total)
+            _, cache = tiny_model.run_with_cache(tokens, names_filter=HOOK)
+            rows.append(tiny_sae.encode(cache[HOOK][0]).mean(0))
+        return torch.stack(rows).mean(0)
+
+    with torch.no_grad():
+        expected = torch.stack([mean_features(d) for d in dirs]) - mean_features(None)
+    got = measure_effects(
+        tiny_model, tiny_sae, dirs, 3.0, prompts=prompts, n_samples=1, total_tokens=total,
+        do_sample=False, batch_size=3,
+    )  # fmt: skip
+    assert float(expected.abs().sum(1).min()) > 0.05
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    # The prompt positions are the same with and without steering: "all" is the generated
+    # positions' effect scaled by n_new / total per prompt.
+    n_prompt = tiny_model.to_tokens("The cat sat").shape[1]
+    per_prompt = [
+        measure_effects(
+            tiny_model,
+            tiny_sae,
+            dirs,
+            3.0,
+            prompts=[p],
+            n_samples=1,
+            total_tokens=total,
+            do_sample=False,
+            positions="generated",
+        )  # fmt: skip
+        for p in prompts
+    ]
+    weights = [(total - 1) / total, (total - n_prompt) / total, (total - 1) / total]
+    scaled = sum(w * y for w, y in zip(weights, per_prompt, strict=True)) / 3
+    torch.testing.assert_close(got, scaled, atol=1e-5, rtol=1e-4)
+
+
+def test_sampled_total_length_effects_do_not_depend_on_the_batching(tiny_model, tiny_sae):
+    # Prompts of three lengths, sampled with top-k: each length is its own group of batches.
+    dirs, prompts = unit_directions(3, seed=6), ["", "The cat sat", "hey", ""]
+    options = dict(prompts=prompts, n_samples=2, total_tokens=10, seed=4, top_k=20)
+    batched = measure_effects(tiny_model, tiny_sae, dirs, 3.0, batch_size=16, **options)
+    single = torch.cat(
+        [
+            measure_effects(tiny_model, tiny_sae, dirs[i : i + 1], 3.0, batch_size=3, **options)
+            for i in range(3)
+        ]
+    )
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+    assert bool((batched.abs().sum(dim=1) > 1e-3).all())
 
 
 def test_batched_effects_equal_one_vector_at_a_time(tiny_model, tiny_sae):
@@ -141,10 +208,12 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
 
     calls = {"n": 0}
     original = sae_ts_effects.generate_tokens
+    # one generate call per prompt length (rollouts of equal-length prompts share a batch)
+    per_chunk = len({tiny_model.to_tokens(p).shape[1] for p in PROMPTS})
 
     def failing_generate(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 3:  # baseline, chunk 0, then fail in chunk 1
+        if calls["n"] == 2 * per_chunk + 1:  # baseline, chunk 0, then fail in chunk 1
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
@@ -160,7 +229,7 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
 
     calls["n"] = -100  # no more failures; count the generate calls of the resumed run
     resumed = effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path)
-    assert calls["n"] == -100 + 2  # only chunks 1 and 2 were generated
+    assert calls["n"] == -100 + 2 * per_chunk  # only chunks 1 and 2 were generated
     torch.testing.assert_close(resumed, reference, atol=1e-6, rtol=0)
 
     with pytest.raises(ValueError, match="max_new_tokens differ"):
@@ -213,6 +282,12 @@ def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
 
 
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
+    with pytest.raises(ValueError, match="not both"):
+        effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=8)
+    with pytest.raises(ValueError, match="leaves none to generate"):
+        effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=4, max_new_tokens=None)
+    with pytest.raises(ValueError, match="positions"):
+        effects(tiny_model, tiny_sae, unit_directions(1), positions="prompt")
     with pytest.raises(ValueError, match="Closest valid names"):
         effects(tiny_model, tiny_sae, unit_directions(1), hook_name="blocks.1.hook_resid_pots")
     with pytest.raises(ValueError, match="do_sample=True"):
@@ -236,7 +311,9 @@ def test_interpolate_scales_on_hand_curves():
 def test_calibrate_scales_with_stubbed_loss(tiny_model, monkeypatch):
     base = 2.0
 
-    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
+    def stub_losses(
+        model, directions, hook_name, tokens, mask, sweep, batch_size, precision, stop_at=None
+    ):
         # Loss rises as c_i * a^2 with c = |first coordinate| of each direction.
         c = directions[:, 0].abs()[:, None]
         return base + c * sweep[None] ** 2
@@ -256,8 +333,10 @@ def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model
     texts = ["The cat sat on the mat.", "hey"]
     seen = {}
 
-    def stub_losses(model, directions, hook_name, tokens, mask, sweep, batch_size, precision):
-        if len(sweep) > len(seen.get("sweep", ())):  # the sweep, not the unsteered loss's
+    def stub_losses(
+        model, directions, hook_name, tokens, mask, sweep, batch_size, precision, stop_at=None
+    ):
+        if len(directions) == 1 and bool(directions.any()):  # not the unsteered loss
             seen["sweep"] = sweep
         return 2.0 + directions[:, :1].abs() * sweep[None] ** 2
 
@@ -277,16 +356,11 @@ def test_default_scale_sweep_is_geometric_in_the_mean_activation_norm(tiny_model
     torch.testing.assert_close(seen["sweep"], expected, rtol=1e-5, atol=0)
 
 
-def test_calibrate_scales_end_to_end(tiny_model):
+@pytest.mark.parametrize("target_kind", ["increase", "absolute"])
+def test_calibrate_scales_end_to_end(tiny_model, target_kind):
     texts = ["The cat sat on the mat.", "I love this movie, it is brilliant."]
     dirs = unit_directions(3)  # on this random model, steering along dirs[1] lowers the loss
     sweep = torch.linspace(0.05, 2.0, 40)
-    target = 0.01
-    with pytest.warns(UserWarning, match=r"directions \[1\]"):
-        scales = calibrate_scales(
-            tiny_model, dirs, HOOK, reference_texts=texts, target_loss_increase=target, scales=sweep
-        )
-
     lengths = [(t, tiny_model.to_tokens(t).shape[1] - 1) for t in texts]
     total = sum(n for _, n in lengths)
 
@@ -296,10 +370,76 @@ def test_calibrate_scales_end_to_end(tiny_model):
             return sum(float(tiny_model(t, return_type="loss")) * n for t, n in lengths) / total
 
     base = loss(dirs[0], 0.0)
+    goal = base + 0.01  # the loss the scales must reach
+    target = (
+        dict(target_loss_increase=0.01) if target_kind == "increase" else dict(target_loss=goal)
+    )
+    with pytest.warns(UserWarning, match=r"directions \[1\]"):
+        scales = calibrate_scales(
+            tiny_model, dirs, HOOK, reference_texts=texts, scales=sweep, **target
+        )
     assert float(scales[1]) == pytest.approx(2.0)
     for i in (0, 2):
         assert 0 < scales[i] < sweep[-1]
-        assert loss(dirs[i], scales[i]) - base == pytest.approx(target, abs=0.002)
+        assert loss(dirs[i], scales[i]) == pytest.approx(goal, abs=0.002)
+
+
+def test_calibration_sweep_stops_at_each_directions_crossing(tiny_model, monkeypatch):
+    # The scales run in order and a direction leaves the sweep once its loss reaches the
+    # target; the result is that of the full sweep, interpolated by hand.
+    texts = ["The cat sat on the mat.", "hey"]
+    dirs = unit_directions(3)
+    sweep = torch.linspace(0.1, 2.0, 12)
+    seen: list[tuple[tuple[float, ...], float]] = []
+    original = sae_ts_calibration.steer_rows
+
+    def spy(model, directions, hook_name, scales):
+        for row, scale in zip(directions.tolist(), torch.as_tensor(scales).tolist(), strict=True):
+            seen.append((tuple(row), scale))
+        return original(model, directions, hook_name, scales)
+
+    monkeypatch.setattr(sae_ts_calibration, "steer_rows", spy)
+    with pytest.warns(UserWarning, match=r"directions \[1\]"):
+        scales = calibrate_scales(
+            tiny_model, dirs, HOOK, reference_texts=texts, target_loss_increase=0.01, scales=sweep
+        )
+    monkeypatch.setattr(sae_ts_calibration, "steer_rows", original)
+    tokens, mask = sae_ts_calibration._right_padded(tiny_model, texts)
+    full = sae_ts_calibration._steered_losses(
+        tiny_model, dirs, HOOK, tokens, mask, sweep, 4, "float32"
+    )
+    base = sae_ts_calibration._steered_losses(
+        tiny_model, dirs[:1] * 0, HOOK, tokens, mask, sweep[:1], 4, "float32"
+    )[0, 0]
+    for i, direction in enumerate(dirs):
+        increase = (full[i] - base).tolist()
+        crossing = next((j for j, v in enumerate(increase) if v >= 0.01), None)
+        # every text at every scale up to the crossing (all scales if never reached)
+        steps = len(sweep) if crossing is None else crossing + 1
+        row = tuple(direction.tolist())
+        assert sorted(a for r, a in seen if r == row) == sorted(
+            float(a) for a in sweep[:steps] for _ in texts
+        )
+        if crossing is None:
+            assert float(scales[i]) == pytest.approx(float(sweep[-1]))
+            continue
+        assert crossing < len(sweep) - 1  # the sweep did stop early for this direction
+        a0, l0 = (
+            (0.0, 0.0) if crossing == 0 else (float(sweep[crossing - 1]), increase[crossing - 1])
+        )
+        a1, l1 = float(sweep[crossing]), increase[crossing]
+        assert float(scales[i]) == pytest.approx(a0 + (0.01 - l0) / (l1 - l0) * (a1 - a0), rel=1e-4)
+
+
+def test_calibration_targets_are_checked(tiny_model):
+    texts, dirs = ["The cat sat on the mat."], unit_directions(1)
+    with pytest.raises(ValueError, match="not both"):
+        calibrate_scales(
+            tiny_model, dirs, HOOK, reference_texts=texts, target_loss=9.0,
+            target_loss_increase=0.5,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="not above the unsteered loss"):
+        calibrate_scales(tiny_model, dirs, HOOK, reference_texts=texts, target_loss=0.1)
 
 
 # ---------------------------------------------------------------------------- effect model

@@ -160,6 +160,26 @@ def test_prompt_and_new_tokens_must_fit_the_context(model):
         generate_tokens(model, PROMPTS[1:2], 49 - n_prompt, do_sample=False)
 
 
+@pytest.mark.parametrize("steered", [False, True])
+def test_an_empty_prompt_is_the_bos_token_alone(model, steered):
+    # Reference: model.generate from the one-token BOS sequence, built by hand.
+    bos = model.tokenizer.bos_token_id
+    with steering(model, steered):
+        expected = model.generate(
+            torch.tensor([[bos]] * len(PROMPTS)), max_new_tokens=7, do_sample=False,
+            stop_at_eos=False, verbose=False, return_type="tokens",
+        )  # fmt: skip
+        tokens, _ = generate_tokens(model, [""] * len(PROMPTS), 7, do_sample=False)
+    assert tokens.shape == (len(PROMPTS), 8)
+    assert torch.equal(tokens, expected)
+
+
+def test_an_empty_prompt_without_bos_is_refused(tiny_tokenizer):
+    no_bos = build_tiny_model(tiny_tokenizer, default_prepend_bos=False)
+    with pytest.raises(ValueError, match="prepends no BOS"):
+        generate_tokens(no_bos, ["The cat", ""], 3, do_sample=False)
+
+
 def filtered_softmax(logits, temperature=1.0, top_k=None, top_p=None):
     """The filtered next-token distribution written out token by token (a naive reference)."""
     probs = [math.exp(x / temperature) for x in logits]

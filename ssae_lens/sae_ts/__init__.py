@@ -13,8 +13,8 @@ The method of Chalnev, Siu & Conmy (2024), for any SAELens dictionary, one modul
 
 ::
 
-    scales = calibrate_scales(model, dirs, hook, reference_texts=texts)
-    effects = measure_effects(model, sae, dirs, scales, prompts=prompts, cache_dir="effects")
+    scales = calibrate_scales(model, dirs, hook, reference_texts=texts)  # each direction's own
+    effects = measure_effects(model, sae, dirs, scales, cache_dir="effects")  # reference protocol
     effect_model, report = EffectModel.fit(dirs, effects)
     v = sae_ts_vector(effect_model, {123: 0.5, 456: 0.5})
 
@@ -29,7 +29,7 @@ from ssae_lens.sae_ts.calibration import calibrate_scales, interpolate_scales
 from ssae_lens.sae_ts.directions import effect_directions
 from ssae_lens.sae_ts.effect_data import EffectData, dictionary_identity
 from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
-from ssae_lens.sae_ts.effects import measure_effects, side_effect_ratio
+from ssae_lens.sae_ts.effects import EFFECT_PROMPTS, measure_effects, side_effect_ratio
 from ssae_lens.sae_ts.vectors import (
     Target,
     decoder_rotation,
@@ -40,6 +40,7 @@ from ssae_lens.sae_ts.vectors import (
 )
 
 __all__ = [
+    "EFFECT_PROMPTS",
     "EffectData",
     "EffectModel",
     "FitReport",

@@ -21,7 +21,7 @@ from ssae_lens.steering import steer_rows
 
 __all__ = ["calibrate_scales", "interpolate_scales"]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: a sweep stops at its first crossing (NaN after it)
 
 
 def calibrate_scales(
@@ -30,21 +30,30 @@ def calibrate_scales(
     hook_name: str,
     *,
     reference_texts: Sequence[str],
-    target_loss_increase: float = 0.5,
+    target_loss_increase: float | None = None,
+    target_loss: float | None = None,
     scales: Sequence[float] | Tensor | None = None,
     batch_size: int = 32,
     precision: Precision | None = None,
     chunk_size: int = 16,
     cache_dir: str | os.PathLike | None = None,
 ) -> Float[Tensor, " n"]:
-    """Per direction, the scale at which the LM loss on ``reference_texts`` rises by a target.
+    """Per direction, the scale at which the LM loss on ``reference_texts`` reaches a target.
 
     The loss (mean next-token cross-entropy over all real tokens of the texts) is measured
-    unsteered and with ``a * directions[i]`` added at every position of ``hook_name`` for each
-    ``a`` of the sweep ``scales`` (default: 12 geometric steps from 0.05 to 4 times the mean
-    activation norm at the hook). The scale is then read off the curve by linear
-    interpolation (:func:`interpolate_scales`). Directions whose loss never rises by
-    ``target_loss_increase`` get the largest swept scale and a warning naming them.
+    unsteered and with ``a * directions[i]`` added at every position of ``hook_name`` for the
+    scales ``a`` of the sweep ``scales`` (default: 12 geometric steps from 0.05 to 4 times
+    the mean activation norm at the hook), in increasing order. The target is
+    ``target_loss`` (an absolute loss, as the reference code's 4.0 nats for Gemma-2-2B) or
+    the unsteered loss plus ``target_loss_increase`` (default: plus 0.5 nats when neither is
+    given). The scale is read off the curve by linear interpolation
+    (:func:`interpolate_scales`, the curve starting at scale 0 with the unsteered loss).
+
+    Many directions share each forward pass (one batch row per direction and text, each
+    with its own vector: :func:`~ssae_lens.steer_rows`), and a direction's sweep stops at
+    the first scale whose loss reaches the target: the larger scales cannot change its
+    result. Directions whose loss never reaches it get the largest swept scale and a
+    warning naming them.
     The forward passes run in ``precision`` (``None``: the model's); the losses and norms are
     computed in float32.
 
@@ -64,6 +73,13 @@ def calibrate_scales(
         raise ValueError("calibrate_scales needs at least one reference text.")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size}, {chunk_size}.")
+    if target_loss is not None and target_loss_increase is not None:
+        raise ValueError(
+            "Give target_loss (an absolute loss) or target_loss_increase (over the unsteered "
+            f"loss), not both; got {target_loss} and {target_loss_increase}."
+        )
+    if target_loss is None and target_loss_increase is None:
+        target_loss_increase = 0.5
     tokens, mask = _right_padded(model, texts)
     precision = resolve_precision(model, precision)
     if scales is None:
@@ -71,19 +87,24 @@ def calibrate_scales(
     sweep = torch.as_tensor(scales, dtype=torch.float32).flatten()
     if sweep.numel() == 0 or not bool((sweep > 0).all()) or not bool((sweep.diff() > 0).all()):
         raise ValueError(f"scales must be positive and increasing, got {sweep.tolist()}.")
+    unsteered = _steered_losses(
+        model, directions[:1] * 0, hook_name, tokens, mask, sweep[:1], batch_size, precision
+    )
+    base = float(unsteered[0, 0])
+    if target_loss is not None and target_loss <= base:
+        raise ValueError(
+            f"target_loss={target_loss} is not above the unsteered loss on the reference texts "
+            f"({base:.4g}): every scale, 0 included, reaches it. Give a higher target_loss, or "
+            "target_loss_increase for a rise over the unsteered loss."
+        )
+    increase = target_loss - base if target_loss is not None else float(target_loss_increase)
 
     def chunk(items: range) -> dict[str, Tensor]:
         rows = directions[items.start : items.stop]
-        losses = _steered_losses(model, rows, hook_name, tokens, mask, sweep, batch_size, precision)
+        losses = _steered_losses(
+            model, rows, hook_name, tokens, mask, sweep, batch_size, precision, base + increase
+        )
         return {"loss": losses}
-
-    def unsteered() -> dict[str, Tensor]:
-        zero = directions[:1] * 0
-        return {
-            "loss": _steered_losses(
-                model, zero, hook_name, tokens, mask, sweep[:1], batch_size, precision
-            )
-        }
 
     store = None
     if cache_dir is not None:
@@ -97,22 +118,22 @@ def calibrate_scales(
             directions=tensor_digest(directions, sweep),
             batch_size=batch_size,
             precision=precision,
+            stop_at=base + increase,
         )
         store = ChunkStore(cache_dir, settings, directions.shape[0], chunk_size)
-    losses, named = compute_chunks(
-        chunk,
-        directions.shape[0],
-        chunk_size,
-        store=store,
-        entries={"unsteered": unsteered},
-        desc="calibrating scales",
+    losses, _ = compute_chunks(
+        chunk, directions.shape[0], chunk_size, store=store, desc="calibrating scales"
     )
-    base = named["unsteered"]["loss"][0, 0]
-    result, reached = interpolate_scales(sweep, losses["loss"] - base, target_loss_increase)
+    result, reached = interpolate_scales(sweep, losses["loss"] - base, increase)
     if not bool(reached.all()):
         missing = torch.nonzero(~reached).flatten().tolist()
+        goal = (
+            f"reached {target_loss}"
+            if target_loss is not None
+            else f"rose by {target_loss_increase}"
+        )
         warnings.warn(
-            f"The loss never rose by {target_loss_increase} for directions {missing[:20]}"
+            f"The loss never {goal} for directions {missing[:20]}"
             f"{' ...' if len(missing) > 20 else ''}; they get the largest scale "
             f"{float(sweep[-1]):g}. Extend the sweep (scales=...) to calibrate them.",
             stacklevel=2,
@@ -130,7 +151,8 @@ def interpolate_scales(
     The curve of row ``i`` is the points ``(0, 0)`` and ``(scales[j], loss_increase[i, j])``.
     With ``j`` the first sweep index whose increase is ``>= target`` and ``(a0, l0)`` the point
     before it, the scale is ``a0 + (target - l0) / (l_j - l0) * (scales[j] - a0)``. Rows that
-    never reach the target get ``scales[-1]`` and ``reached = False``.
+    never reach the target get ``scales[-1]`` and ``reached = False``. ``NaN`` entries (scales
+    not computed after the first crossing) never count as reaching it.
     """
     scales = torch.as_tensor(scales, dtype=torch.float32)
     inc = torch.as_tensor(loss_increase, dtype=torch.float32)
@@ -162,25 +184,36 @@ def _steered_losses(
     sweep: Tensor,
     batch_size: int,
     precision: Precision,
+    stop_at: float | None = None,
 ) -> Float[Tensor, "n k"]:
-    """Mean per-token loss on the texts for every (direction, scale) pair."""
+    """Mean per-token loss on the texts for every (direction, scale) pair, scale by scale.
+
+    With ``stop_at``, a direction's larger scales are skipped (``NaN``) once its loss
+    reaches ``stop_at``.
+    """
     n, k, t = directions.shape[0], sweep.shape[0], tokens.shape[0]
-    pairs = torch.cartesian_prod(torch.arange(n), torch.arange(k)).reshape(-1, 2)
-    rows = pairs.repeat_interleave(t, dim=0)
-    text = torch.arange(t).repeat(n * k)
-    nll_sum = torch.zeros(n * k, dtype=torch.float64)
-    for lo in range(0, len(rows), batch_size):
-        sel = slice(lo, lo + batch_size)
-        vec, step, txt = rows[sel, 0], rows[sel, 1], text[sel]
-        steering = steer_rows(model, directions[vec], hook_name, sweep[step])
-        with steering, autocast(precision, model.cfg.device):
-            logits = model(tokens[txt], attention_mask=mask[txt])
-        logp = logits[:, :-1].float().log_softmax(-1)
-        nll = -logp.gather(-1, tokens[txt][:, 1:, None]).squeeze(-1)
-        nll = (nll * mask[txt][:, 1:]).sum(-1).double().cpu()
-        nll_sum.index_add_(0, (vec * k + step), nll)
     n_tokens = float(mask[:, 1:].sum())
-    return (nll_sum / n_tokens).float().reshape(n, k)
+    losses = torch.full((n, k), math.nan)
+    active = torch.arange(n)
+    for step in range(k):
+        vecs, texts = active.repeat_interleave(t), torch.arange(t).repeat(len(active))
+        nll_sum = torch.zeros(len(active), dtype=torch.float64)
+        for lo in range(0, len(vecs), batch_size):
+            sel = slice(lo, lo + batch_size)
+            vec, txt = vecs[sel], texts[sel]
+            steering = steer_rows(model, directions[vec], hook_name, sweep[step].expand(len(vec)))
+            with steering, autocast(precision, model.cfg.device):
+                logits = model(tokens[txt], attention_mask=mask[txt])
+            logp = logits[:, :-1].float().log_softmax(-1)
+            nll = -logp.gather(-1, tokens[txt][:, 1:, None]).squeeze(-1)
+            nll = (nll * mask[txt][:, 1:]).sum(-1).double().cpu()
+            nll_sum.index_add_(0, torch.arange(lo, lo + len(vec)) // t, nll)
+        losses[active, step] = (nll_sum / n_tokens).float()
+        if stop_at is not None:
+            active = active[losses[active, step] < stop_at]
+        if len(active) == 0:
+            break
+    return losses
 
 
 def _right_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:
