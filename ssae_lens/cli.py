@@ -540,7 +540,7 @@ def _measure_effects(
 
     from ssae_lens._core.cache import dictionary_fingerprint, model_fingerprint, tensor_digest
     from ssae_lens.data import attribute_texts
-    from ssae_lens.sae_ts import EffectData, calibrate_scales, effect_directions
+    from ssae_lens.sae_ts import EFFECT_PROMPTS, EffectData, calibrate_scales, effect_directions
 
     e = cfg.effects
     first = list(dict.fromkeys([*e.features, *(f for t in cfg.sae_ts.targets.values() for f in t)]))
@@ -569,16 +569,22 @@ def _measure_effects(
         calibrated = (
             directions if e.calibrate == "each" else _spread(directions, e.calibration_directions)
         )
+        target = dict(target_loss=e.target_loss, target_loss_increase=e.target_loss_increase)
         found = calibrate_scales(
             model,
             calibrated,
             cfg.hook_name,
             reference_texts=texts,
-            target_loss_increase=e.target_loss_increase,
+            **target,
             chunk_size=e.chunk_size if e.calibrate == "each" else 1,  # never by world size
-            cache_dir=work("calibration", tensor_digest(calibrated), texts),
+            cache_dir=work("calibration", tensor_digest(calibrated), texts, target),
         )
-        what = f"the LM loss on {len(texts)} reference texts rises by {e.target_loss_increase} nats"
+        goal = (
+            f"reaches {e.target_loss} nats"
+            if e.target_loss is not None
+            else f"rises by {e.target_loss_increase or 0.5} nats"
+        )
+        what = f"the LM loss on {len(texts)} reference texts {goal}"
         if e.calibrate == "each":
             scales, protocol = found, f"each direction's own scale at which {what}"
         else:
@@ -588,13 +594,16 @@ def _measure_effects(
                 f"the scale at which {what} (calibrate_scales)"
             )
     options = dict(
-        prompts=e.prompts,
+        prompts=EFFECT_PROMPTS if e.prompts is None else e.prompts,
         n_samples=e.n_samples,
+        total_tokens=e.total_tokens,
         max_new_tokens=e.max_new_tokens,
+        positions=e.positions,
         batch_size=e.batch_size,
         seed=e.seed,
         do_sample=True,
         temperature=e.temperature,
+        top_k=e.top_k,
         steer_readout=e.readout == "steered",
         chunk_size=e.chunk_size,
     )

@@ -194,9 +194,13 @@ class EffectsSection:
     ``sae_ts.targets`` first), ``n_mix`` mixes of 2-4 rows and ``n_random`` Gaussian ones
     (:func:`~ssae_lens.sae_ts.effect_directions`, seeded by ``seed``). With ``scale`` unset,
     the scale is calibrated (:func:`~ssae_lens.sae_ts.calibrate_scales`: the LM loss on
-    ``calibration_texts`` up by ``target_loss_increase``): the median over
-    ``calibration_directions`` of the directions for all of them (``calibrate: median``), or
-    each direction's own (``calibrate: each``).
+    ``calibration_texts`` reaching ``target_loss``, or up by ``target_loss_increase``, 0.5
+    nats when neither is set): the median over ``calibration_directions`` of the directions
+    for all of them (``calibrate: median``), or each direction's own (``calibrate: each``).
+    The rollouts follow :func:`~ssae_lens.sae_ts.measure_effects`'s defaults, the reference's
+    protocol: ``prompts`` unset means ``EFFECT_PROMPTS`` (3 BOS-only and 11 short openings),
+    rollouts ``total_tokens`` long with the prompt (32; or ``max_new_tokens`` generated),
+    top-``top_k`` sampling, features averaged over ``positions``.
     """
 
     sae_path: str | None = None
@@ -210,11 +214,15 @@ class EffectsSection:
     calibrate: Literal["median", "each"] = "median"
     calibration_directions: int = 8
     calibration_texts: list[str] | None = None  # None: built-in templated sentences
-    target_loss_increase: float = 0.5
-    prompts: list[str] = field(default_factory=lambda: ["I think that", "The story begins"])
-    n_samples: int = 2
-    max_new_tokens: int = 16
+    target_loss_increase: float | None = None
+    target_loss: float | None = None
+    prompts: list[str] | None = None  # None: ssae_lens.sae_ts.EFFECT_PROMPTS
+    n_samples: int = 64
+    total_tokens: int | None = None  # None: 32, unless max_new_tokens is set
+    max_new_tokens: int | None = None
+    positions: Literal["all", "generated"] = "all"
     temperature: float = 1.0
+    top_k: int | None = 50
     readout: Literal["text", "steered"] = "text"
     batch_size: int = 64
     chunk_size: int = 32  # directions per resumable chunk (and per share of a rank)
@@ -225,9 +233,17 @@ class EffectsSection:
             raise ConfigError("effects: set sae_path or sae_release, not both.")
         if bool(self.sae_release) != bool(self.sae_id):
             raise ConfigError("effects: sae_release and sae_id go together (SAE.from_pretrained).")
-        for name in ("n_samples", "max_new_tokens", "batch_size", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"effects.{name} must be >= 1, got {getattr(self, name)}.")
+        for name in ("n_samples", "total_tokens", "max_new_tokens", "top_k", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"effects.{name} must be >= 1, got {value}.")
+        if self.chunk_size < 1:
+            raise ConfigError(f"effects.chunk_size must be >= 1, got {self.chunk_size}.")
+        for a, b in (("total_tokens", "max_new_tokens"), ("target_loss", "target_loss_increase")):
+            if getattr(self, a) is not None and getattr(self, b) is not None:
+                raise ConfigError(f"effects: set {a} or {b}, not both.")
+        if self.prompts is not None and not self.prompts:
+            raise ConfigError("effects.prompts is empty; leave it unset for EFFECT_PROMPTS.")
         if self.n_decoder + self.n_mix + self.n_random + len(self.features) < 2:
             raise ConfigError("effects: measure at least 2 directions (n_decoder, n_mix, ...).")
 

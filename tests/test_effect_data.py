@@ -96,7 +96,13 @@ def test_measure_records_the_effects_and_their_provenance(tiny_model, sae, data)
     s = data.settings
     assert s["prompts"] == PROMPTS and s["seed"] == 4 and s["do_sample"] is True
     assert s["hook_name"] == HOOK and s["readout"] == "text"
-    assert data.tokens_per_direction == 2 * 2 * 3  # prompts x samples x tokens
+    # features averaged over every position of 2 samples per prompt: prompt tokens + 3 new
+    prompt_tokens = [tiny_model.to_tokens(p).shape[1] for p in PROMPTS]
+    assert data.tokens_per_direction == 2 * sum(n + 3 for n in prompt_tokens)
+    generated = EffectData.measure(
+        tiny_model, sae, data.directions[:2], 2.5, **OPTIONS, positions="generated"
+    )
+    assert generated.tokens_per_direction == 2 * 2 * 3  # samples x prompts x new tokens
 
 
 def test_save_load_round_trip_and_the_sae_check(tmp_path, sae, data):
@@ -120,7 +126,7 @@ def test_fit_records_the_sae_and_the_data_in_the_model(data):
     assert torch.equal(effect_model.W, plain.W) and torch.equal(effect_model.b, plain.b)
     prov = effect_model.provenance
     assert prov["sae"] == data.dictionary and prov["held_out_r2"] == report.r2
-    assert prov["effects"]["tokens_per_direction"] == 12
+    assert prov["effects"]["tokens_per_direction"] == data.tokens_per_direction
     assert effect_model.hook_name == HOOK
     vector = sae_ts_vector(effect_model, {5: 1.0})
     assert vector.provenance["effect_model"]["sae"]["sha256"] == data.dictionary["sha256"]
@@ -147,9 +153,11 @@ def test_effect_data_and_model_on_the_hub_with_a_card(fake_hub, hf_cache, sae, d
     for fact in (
         f"`{HOOK}`",
         "one given scale",
-        "**tokens per direction**: 12",
+        f"**tokens per direction**: {data.tokens_per_direction}",
+        "2 rollouts of 3 generated tokens per prompt",
+        "averaged over every position",
         "`The cat sat`, `The king`",
-        "temperature 1.0, seed 4",
+        "temperature 1.0, top-k 50, seed 4",
         "6 decoder rows, 3 mixes, 3 random",
         f"held-out R^2 {report.r2:.4g}",
     ):

@@ -67,7 +67,9 @@ EFFECTS_OVERRIDES = {
         "n_mix": 2,
         "n_random": 2,
         "calibration_directions": 2,
-        "max_new_tokens": 3,
+        "prompts": ["", "I think"],  # a BOS-only prompt and a short one
+        "n_samples": 2,
+        "total_tokens": 6,
         "chunk_size": 4,
     },
     "sae_ts": {"targets": {"f3": [3]}},

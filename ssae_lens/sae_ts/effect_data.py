@@ -37,7 +37,7 @@ from ssae_lens._core.io import atomic_path
 from ssae_lens.sae_ts._checks import check_directions, per_row_scales
 from ssae_lens.sae_ts._hub_entry import HubEntry
 from ssae_lens.sae_ts.effect_model import EffectModel, FitReport
-from ssae_lens.sae_ts.effects import measure_effects
+from ssae_lens.sae_ts.effects import DEFAULT_TOTAL_TOKENS, measure_effects, rollout_lengths
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -49,7 +49,18 @@ EFFECT_DATA_FILENAME = "effects.safetensors"
 _HEADER_KEY = "ssae_lens.effect_data"
 _FORMAT = 1
 # measure_effects' options recorded with the data (the others do not change the values).
-_RECORDED = ("prompts", "n_samples", "max_new_tokens", "seed", "do_sample", "temperature")
+_RECORDED = (
+    "prompts",
+    "n_samples",
+    "total_tokens",
+    "max_new_tokens",
+    "positions",
+    "seed",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+)
 
 
 def dictionary_identity(sae: SAE, source: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -136,10 +147,15 @@ class EffectData(HubEntry):
 
     @property
     def tokens_per_direction(self) -> int:
-        """Generated tokens each effect averages over: prompts x samples x new tokens."""
+        """Token positions each effect averages over (all rollouts of one direction)."""
         s = self.settings
+        if "tokens_per_direction" in s:
+            return int(s["tokens_per_direction"])
+        # settings given by hand in the old form: generated tokens only
         return (
-            len(s.get("prompts", [])) * int(s.get("n_samples", 0)) * int(s.get("max_new_tokens", 0))
+            len(s.get("prompts", []))
+            * int(s.get("n_samples", 0))
+            * int(s.get("max_new_tokens") or 0)
         )
 
     @classmethod
@@ -164,6 +180,15 @@ class EffectData(HubEntry):
         args = bound.arguments
         settings: dict[str, Any] = {k: args[k] for k in _RECORDED}
         settings["prompts"] = [str(p) for p in settings["prompts"]]
+        lengths = rollout_lengths(
+            model, settings["prompts"], args["total_tokens"], args["max_new_tokens"]
+        )
+        if settings["total_tokens"] is None and settings["max_new_tokens"] is None:
+            settings["total_tokens"] = DEFAULT_TOTAL_TOKENS
+        read = 0 if args["positions"] == "generated" else 1  # count the prompt's positions?
+        settings["tokens_per_direction"] = args["n_samples"] * sum(
+            read * lengths[p][0] + lengths[p][1] for p in settings["prompts"]
+        )
         settings.update(
             hook_name=dictionary_hook_name(sae, args["hook_name"]),
             readout="steered" if args["steer_readout"] else "text",
@@ -251,9 +276,7 @@ class EffectData(HubEntry):
             raise ValueError(f"{str(path)!r} is not an effect data file (EffectData.save).")
         meta = json.loads(raw)
         settings = {
-            k: v
-            for k, v in meta["settings"].items()
-            if k not in ("n_directions", "tokens_per_direction", "scale_range")
+            k: v for k, v in meta["settings"].items() if k not in ("n_directions", "scale_range")
         }
         data = cls(
             tensors["directions"], tensors["scales"], tensors["effects"], meta["sae"], settings

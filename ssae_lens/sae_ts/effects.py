@@ -68,6 +68,10 @@ openings of different genres, as many of each kind as the reference's protocol u
 
 Positions = Literal["all", "generated"]
 
+DEFAULT_TOTAL_TOKENS = 32
+"""Rollout length, prompt included, when neither ``total_tokens`` nor ``max_new_tokens`` is
+given (the reference's)."""
+
 
 def measure_effects(
     model: Model,
@@ -186,7 +190,7 @@ def measure_effects(
             f"tokens per rollout), not both; got {total_tokens} and {max_new_tokens}."
         )
     if total_tokens is None and max_new_tokens is None:
-        total_tokens = 32
+        total_tokens = DEFAULT_TOTAL_TOKENS
     for name, value in (
         ("n_samples", n_samples),
         ("total_tokens", total_tokens),
@@ -208,7 +212,7 @@ def measure_effects(
         sae=sae,
         hook_name=hook_name,
         prompts=[p for p in prompts for _ in range(n_samples)],
-        lengths=_lengths(model, prompts, total_tokens, max_new_tokens),
+        lengths=rollout_lengths(model, prompts, total_tokens, max_new_tokens),
         positions=positions,
         batch_size=batch_size,
         seed=seed,
@@ -262,11 +266,12 @@ def measure_effects(
     return means["mean_features"] - named["baseline"]["mean_features"][0]
 
 
-def _lengths(
+def rollout_lengths(
     model: Model, prompts: list[str], total_tokens: int | None, max_new_tokens: int | None
 ) -> dict[str, tuple[int, int]]:
     """Per prompt, its token count and the tokens its rollouts generate: ``total_tokens``
-    minus the prompt's length, or ``max_new_tokens``."""
+    minus the prompt's length, or ``max_new_tokens`` (``total_tokens`` is
+    :data:`DEFAULT_TOTAL_TOKENS` when both are ``None``, as in :func:`measure_effects`)."""
     lm = backend(model)
     lengths = {}
     for prompt in dict.fromkeys(prompts):
@@ -274,7 +279,7 @@ def _lengths(
         if max_new_tokens is not None:
             lengths[prompt] = (length, max_new_tokens)
             continue
-        assert total_tokens is not None
+        total_tokens = total_tokens or DEFAULT_TOTAL_TOKENS
         if length >= total_tokens:
             raise ValueError(
                 f"The prompt {prompt!r} has {length} tokens, so total_tokens={total_tokens} "

@@ -224,12 +224,21 @@ def _details(meta: Mapping[str, Any]) -> list[str]:
     s = meta.get("settings") or {}
     kinds = s.get("kinds") or {}
     low, high = (s.get("scale_range") or [None, None])[:2]
+    top = "".join(
+        f", {name} {s[key]}" for key, name in (("top_k", "top-k"), ("top_p", "top-p")) if s.get(key)
+    )
     sampling = (
-        f"temperature {s.get('temperature')}, seed {s.get('seed')} (common random numbers: "
+        f"temperature {s.get('temperature')}{top}, seed {s.get('seed')} (common random numbers: "
         "rollout j of every direction and of the unsteered baseline shares its uniforms)"
         if s.get("do_sample")
         else "greedy"
     )
+    length = (
+        f"{s['total_tokens']} tokens in all (prompt included)"
+        if s.get("total_tokens")
+        else f"{s.get('max_new_tokens')} generated tokens"
+    )
+    where = "the generated tokens" if s.get("positions") == "generated" else "every position"
     lines = [
         f"- **SAE**: {describe_dictionary(sae)}",
         f"- **SAE content hash** (sha256 of config and every parameter and buffer): "
@@ -240,13 +249,14 @@ def _details(meta: Mapping[str, Any]) -> list[str]:
         + (" (" + ", ".join(f"{v} {k}" for k, v in kinds.items()) + ")" if kinds else ""),
         f"- **scale protocol**: {s.get('scale_protocol')}; scales from {_number(low)} to "
         f"{_number(high)}",
-        f"- **sampling**: {s.get('n_samples')} rollouts of {s.get('max_new_tokens')} tokens "
-        f"per prompt, {sampling}; features read "
+        f"- **sampling**: {s.get('n_samples')} rollouts of {length} per prompt, {sampling}; "
+        "features read "
         + (
             "from the generated text by an unsteered pass"
             if s.get("readout", "text") == "text"
-            else "from the steered pass"
-        ),
+            else "by a steered pass"
+        )
+        + f", averaged over {where}",
         f"- **tokens per direction**: {s.get('tokens_per_direction')}",
         "- **prompts**: " + ", ".join(f"`{p}`" for p in s.get("prompts", [])),
     ]
