@@ -873,7 +873,9 @@ def _side_lines(cfg: SaeTsConfig, state: dict[str, Any]) -> list[str]:
     ]
     for row in side:
         lines.append(
-            f"| {row['feature']} | {row['fit_r2']:.2f} | {row['dec_scale']:.0f} | "
+            f"| {row['feature']} | "
+            + (f"{row['fit_r2']:.2f}" if math.isfinite(row["fit_r2"]) else "n/a")
+            + f" | {row['dec_scale']:.0f} | "
             f"{row['dec_target']:.3g} | {row['dec_ratio']:.3g} | {row['ts_scale']:.0f} | "
             f"{row['ts_target']:.3g} | {row['ts_ratio']:.3g} |"
         )
