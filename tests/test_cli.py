@@ -333,6 +333,13 @@ def test_overrides_are_coerced_to_the_field_types():
     assert cfg.steer.prompts == ["a b", "c"]
     assert cfg.training_config(d_in=7).lr == 0.003
     assert config_from_dict(ExperimentConfig, cfg.to_dict()) == cfg
+    # sparsity_target is a number or "auto" (the default).
+    assert cfg.training_config(d_in=7).sparsity_target == "auto"
+    for value, expected in (("auto", "auto"), ("0.05", 0.05)):
+        train = apply_overrides({"train": {"d_sae": 2}}, [f"train.sparsity_target={value}"])
+        assert config_from_dict(ExperimentConfig, train).training_config(7).sparsity_target == (
+            expected
+        )
 
 
 @pytest.mark.parametrize(
@@ -345,6 +352,10 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"position": "frist"}, "position must be one of ['last', 'mean']"),
         ({"backend": "transformers"}, "backend must be one of ['hooked', 'bridge']"),
         ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'synthetic.n_pairs'?"),
+        (
+            {"train": {"d_sae": 2, "sparsity_target": "autom"}},
+            "sparsity_target must be float, got 'autom' (or one of ['auto'])",
+        ),
     ],
 )
 def test_bad_configs_name_the_fix(data, message):
