@@ -7,7 +7,8 @@ into ``n`` (or ``2n``) columns; the score is the MCC between those codes and the
 concept changes ``dc`` (|Pearson|, Hungarian matching; with more latents than concepts
 the best-matching latents count). Methods and their fixed, documented configurations:
 
-- ``ssae``: ``train_ssae(shifts, TrainingSSAEConfig(d_in=d, d_sae=n))``, all defaults.
+- ``ssae``: ``train_ssae(shifts, TrainingSSAEConfig(d_in=d, d_sae=n))``, all defaults
+  (``sparsity_target="auto"``: the target is chosen from the shifts, without labels).
 - ``aff``: the same network without sparsity (``sparsity="none"``), all other defaults.
 - ``pca``: ``sklearn.decomposition.PCA(n)`` scores.
 - ``ica``: ``FastICA(n, whiten="unit-variance", max_iter=1000)`` sources.
@@ -75,6 +76,8 @@ QUICK_STEPS = 300
 
 METHODS = ("ssae", "aff", "pca", "ica", "dl", "sae", "sae+-")
 BASELINES = METHODS[1:]
+# Issue 16: the defaults (no labels) reach these median MCCs.
+DEFAULT_GOALS = {"A": 0.99, "B": 0.99, "C": 0.99, "D": 0.99, "E": 0.93}
 MATCH_TOLERANCE = 0.01  # "matches": SSAE median >= baseline median - this
 CLEAR_MARGIN = 0.03  # "beats clearly": SSAE median >= baseline median + this
 
@@ -298,8 +301,9 @@ def summarize(runs: list[Run], settings: list[Setting]) -> tuple[str, list[str]]
     failures = []
     for s in present:
         ssae = statistics.median(r.mcc for r in by[s.key, "ssae"])
-        if s.key == "A" and ssae < 0.95:
-            failures.append(f"A: SSAE median MCC {ssae:.3f} < 0.95")
+        goal = DEFAULT_GOALS.get(s.key)
+        if goal is not None and ssae < goal:
+            failures.append(f"{s.key}: SSAE median MCC {ssae:.3f} < {goal}")
         for m in BASELINES:
             if (s.key, m) not in by:
                 continue
@@ -313,10 +317,12 @@ def summarize(runs: list[Run], settings: list[Setting]) -> tuple[str, list[str]]
                 failures.append(
                     f"{s.key}: SSAE {ssae:.3f} does not beat ica {base:.3f} by {CLEAR_MARGIN}"
                 )
+    goals = ", ".join(f"{k} >= {v}" for k, v in DEFAULT_GOALS.items())
     lines += [
         "",
-        "Acceptance criteria (medians; 'matches' allows "
-        f"{MATCH_TOLERANCE}, 'clearly' means by >= {CLEAR_MARGIN}):",
+        f"Acceptance criteria (medians): SSAE with defaults {goals}; SSAE beats aff and sae, "
+        f"matches the other baselines (within {MATCH_TOLERANCE}) and beats ica clearly (by >= "
+        f"{CLEAR_MARGIN}) on correlated concepts:",
         "",
     ]
     lines += [f"- FAIL {f}" for f in failures] or ["- all met"]
