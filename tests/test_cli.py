@@ -212,6 +212,8 @@ def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
                 "hook_name": HOOK,
                 "seeds": [0, 1],
                 "train": {"d_sae": 2, "training_steps": 20},
+                # categorical: 29 concepts, within the tiny model's width 32
+                "many": {"max_pairs": 200, "width_multiplier": 1},
             }
         )
     )
@@ -229,6 +231,16 @@ def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "seed-agreement MCC" in report and "| mean-diff | - |" in report
+    # The many-concept part leads: categorical at 29 directions, SSAE against the baselines.
+    many = report.index("## Many concepts: `categorical` at width 29")
+    assert many < report.index("## Steering: `binary` at width 2")
+    assert "150 training and 50 held-out pairs" in report
+    for method in ("SSAE", "aff", "ICA"):  # seeded methods have a seed agreement
+        assert re.search(rf"^\| {method} \| -?\d\.\d{{3}} \| ", report[many:], re.MULTILINE)
+    assert "| PCA | - |" in report
+    # The selection curves behind "auto", one per part, plotted and tabled.
+    assert "| binary, width 2 |" in report and "| categorical, width 29 |" in report
+    assert (out / "selection.png").stat().st_size > 0
     assert "| The king |" in report  # the generations table
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["seeds"] == [0, 1] and resolved["steer"]["max_new_tokens"] == 2
@@ -352,6 +364,8 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"position": "frist"}, "position must be one of ['last', 'mean']"),
         ({"backend": "transformers"}, "backend must be one of ['hooked', 'bridge']"),
         ({"dataset": "synthetic", "synthetic": {"n_pair": 5}}, "did you mean 'synthetic.n_pairs'?"),
+        ({"train": {"d_sae": 2}, "many": {"dataset": "nope"}}, "many.dataset must be a built-in"),
+        ({"train": {"d_sae": 2}, "many": {"width_multiplier": 0}}, "width_multiplier must be >= 1"),
         (
             {"train": {"d_sae": 2, "sparsity_target": "autom"}},
             "sparsity_target must be float, got 'autom' (or one of ['auto'])",
@@ -359,8 +373,10 @@ def test_overrides_are_coerced_to_the_field_types():
     ],
 )
 def test_bad_configs_name_the_fix(data, message):
+    from ssae_lens.demo import DemoConfig
+
     with pytest.raises(ConfigError, match=re.escape(message)):
-        config_from_dict(ExperimentConfig, data)
+        config_from_dict(DemoConfig if "many" in data else ExperimentConfig, data)
 
 
 def test_shipped_configs_load(load_benchmark):

@@ -11,7 +11,8 @@ true when the README changes):
 - The SSAE in the Python example trains 200 steps, not 3000.
 - The configs the commands name (``configs/binary.yaml``, ``configs/demo.yaml``) are the
   repository's own files with ``CONFIG_OVERRIDES`` applied (the tiny model's name and hook,
-  fewer training steps and generated tokens).
+  fewer training steps and generated tokens; the demo's many-concept part on 200 categorical
+  pairs at width 29).
 - ``ssae-lens paper`` runs ``benchmarks/paper.py`` (22 minutes on Gemma): the script run is
   replaced by a stub that records its arguments.
 - The Hub is the stand-in server of conftest.py (``fake_hub``), set as the default endpoint.
@@ -104,6 +105,8 @@ def workspace(tmp_path, tiny_model, tiny_bridge, fake_hub, monkeypatch):
         if name != "paper":
             for key, value in CONFIG_OVERRIDES.items():
                 data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        if name == "demo":  # categorical's 29 concepts fit the tiny model's width 32
+            data["many"] = {**data["many"], "max_pairs": 200, "width_multiplier": 1}
         Path("configs").mkdir(exist_ok=True)
         Path("configs", f"{name}.yaml").write_text(yaml.safe_dump(data))
     return tmp_path
