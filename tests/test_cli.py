@@ -97,6 +97,11 @@ def test_train_saves_one_sae_lens_dictionary_per_seed(run):
     first = SAE.load_from_disk(run["root"] / "runs" / "train" / "seed0")
     second = SAE.load_from_disk(run["root"] / "runs" / "train" / "seed1")
     assert not torch.equal(first.W_dec, second.W_dec)  # seeds differ
+    # sparsity_target "auto" (the default): selected once, shared by the seeds, plotted.
+    record = first.cfg.metadata.sparsity_selection
+    assert record == second.cfg.metadata.sparsity_selection
+    assert f"sparsity_target auto: {record['target']:.4g}" in run["train"].output
+    assert (run["root"] / "runs" / "train" / "sparsity_selection.png").stat().st_size > 0
 
 
 def test_evaluate_writes_the_metrics_of_the_trained_seeds(run):
