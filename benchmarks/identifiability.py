@@ -48,7 +48,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -224,8 +224,14 @@ def fit_standard_sae(
         return codes, signed_pairs(codes, sae.W_dec, SAE_PAIR_COSINE)
 
 
-def run_setting(setting: Setting, seed: int, n_pairs: int, steps: int | None) -> Iterator[Run]:
-    """Score every method on one draw of the setting's data."""
+def run_setting(
+    setting: Setting,
+    seed: int,
+    n_pairs: int,
+    steps: int | None,
+    methods: Sequence[str] = METHODS,
+) -> Iterator[Run]:
+    """Score ``methods`` on one draw of the setting's data."""
     data = make_synthetic_shifts(
         n_pairs,
         setting.n_concepts,
@@ -250,17 +256,22 @@ def run_setting(setting: Setting, seed: int, n_pairs: int, steps: int | None) ->
 
     (codes, info), t = timed(lambda: fit_ssae(x, n, seed, steps, "constraint"))
     yield run("ssae", codes, t, info)
-    (codes, _), t = timed(lambda: fit_ssae(x, n, seed, steps, "none"))
-    yield run("aff", codes, t)
-    codes, t = timed(lambda: fit_pca(x, n, seed))
-    yield run("pca", codes, t)
-    codes, t = timed(lambda: fit_ica(x, n, seed))
-    yield run("ica", codes, t)
-    codes, t = timed(lambda: fit_dictionary(x, n, seed))
-    yield run("dl", codes, t)
-    (codes, paired), t = timed(lambda: fit_standard_sae(x, n, seed, steps))
-    yield run("sae", codes, t)
-    yield run("sae+-", paired, t)
+    if "aff" in methods:
+        (codes, _), t = timed(lambda: fit_ssae(x, n, seed, steps, "none"))
+        yield run("aff", codes, t)
+    if "pca" in methods:
+        codes, t = timed(lambda: fit_pca(x, n, seed))
+        yield run("pca", codes, t)
+    if "ica" in methods:
+        codes, t = timed(lambda: fit_ica(x, n, seed))
+        yield run("ica", codes, t)
+    if "dl" in methods:
+        codes, t = timed(lambda: fit_dictionary(x, n, seed))
+        yield run("dl", codes, t)
+    if "sae" in methods or "sae+-" in methods:
+        (codes, paired), t = timed(lambda: fit_standard_sae(x, n, seed, steps))
+        yield run("sae", codes, t)
+        yield run("sae+-", paired, t)
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -370,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         "--settings", default=",".join(SETTINGS), help=f"comma-separated of {list(SETTINGS)}"
     )
     parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated of {list(METHODS)} (ssae always runs; sae and sae+- go together)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run: 1 seed, 3000 pairs, {QUICK_STEPS} training steps (numbers not valid)",
@@ -386,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     if args.seeds < 1 or args.n_pairs < DL_FIT_ROWS:
         parser.error(f"need --seeds >= 1 and --n-pairs >= {DL_FIT_ROWS}")
+    methods = ["ssae", *(m for m in args.methods.split(",") if m != "ssae")]
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     settings = [SETTINGS[k] for k in args.settings.split(",")]
     seeds, n_pairs, steps = args.seeds, args.n_pairs, None
     if args.quick:
@@ -411,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     # Seeds outer: a partial report already covers every setting.
     jobs = [(s, seed) for seed in range(seeds) for s in settings]
     for setting, seed in tqdm(jobs, desc="identifiability", unit="run"):
-        runs.extend(run_setting(setting, seed, n_pairs, steps))
+        runs.extend(run_setting(setting, seed, n_pairs, steps, methods))
         table, failures = summarize(runs, settings)
         done = len({(r.setting, r.seed) for r in runs})
         partial = "" if done == len(jobs) else f"**Partial: {done} of {len(jobs)} runs.**\n\n"
