@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast test-all lint bench demo paper clean
+.PHONY: install test test-fast test-all lint bench demo paper tutorials clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ bench: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m ssae_lens.demo
+
+# Re-execute the tutorials and save their outputs in place: they are committed with their
+# outputs so they read without being run (`make test` executes them without saving).
+tutorials: $(STAMP)
+	$(PY) -m pytest -q --nbmake --overwrite tutorials
+	$(PY) tutorials/strip_metadata.py tutorials/*.ipynb
 
 # The SSAE paper reproduction on Gemma-3-270M (benchmarks/results/paper.md, ~40 min on 2 CPUs).
 paper: $(STAMP)

@@ -7,7 +7,8 @@ into ``n`` (or ``2n``) columns; the score is the MCC between those codes and the
 concept changes ``dc`` (|Pearson|, Hungarian matching; with more latents than concepts
 the best-matching latents count). Methods and their fixed, documented configurations:
 
-- ``ssae``: ``train_ssae(shifts, TrainingSSAEConfig(d_in=d, d_sae=n))``, all defaults.
+- ``ssae``: ``train_ssae(shifts, TrainingSSAEConfig(d_in=d, d_sae=n))``, all defaults
+  (``sparsity_target="auto"``: the target is chosen from the shifts, without labels).
 - ``aff``: the same network without sparsity (``sparsity="none"``), all other defaults.
 - ``pca``: ``sklearn.decomposition.PCA(n)`` scores.
 - ``ica``: ``FastICA(n, whiten="unit-variance", max_iter=1000)`` sources.
@@ -47,7 +48,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -75,6 +76,8 @@ QUICK_STEPS = 300
 
 METHODS = ("ssae", "aff", "pca", "ica", "dl", "sae", "sae+-")
 BASELINES = METHODS[1:]
+# Issue 16: the defaults (no labels) reach these median MCCs.
+DEFAULT_GOALS = {"A": 0.99, "B": 0.99, "C": 0.99, "D": 0.99, "E": 0.93}
 MATCH_TOLERANCE = 0.01  # "matches": SSAE median >= baseline median - this
 CLEAR_MARGIN = 0.03  # "beats clearly": SSAE median >= baseline median + this
 
@@ -221,8 +224,14 @@ def fit_standard_sae(
         return codes, signed_pairs(codes, sae.W_dec, SAE_PAIR_COSINE)
 
 
-def run_setting(setting: Setting, seed: int, n_pairs: int, steps: int | None) -> Iterator[Run]:
-    """Score every method on one draw of the setting's data."""
+def run_setting(
+    setting: Setting,
+    seed: int,
+    n_pairs: int,
+    steps: int | None,
+    methods: Sequence[str] = METHODS,
+) -> Iterator[Run]:
+    """Score ``methods`` on one draw of the setting's data."""
     data = make_synthetic_shifts(
         n_pairs,
         setting.n_concepts,
@@ -247,17 +256,22 @@ def run_setting(setting: Setting, seed: int, n_pairs: int, steps: int | None) ->
 
     (codes, info), t = timed(lambda: fit_ssae(x, n, seed, steps, "constraint"))
     yield run("ssae", codes, t, info)
-    (codes, _), t = timed(lambda: fit_ssae(x, n, seed, steps, "none"))
-    yield run("aff", codes, t)
-    codes, t = timed(lambda: fit_pca(x, n, seed))
-    yield run("pca", codes, t)
-    codes, t = timed(lambda: fit_ica(x, n, seed))
-    yield run("ica", codes, t)
-    codes, t = timed(lambda: fit_dictionary(x, n, seed))
-    yield run("dl", codes, t)
-    (codes, paired), t = timed(lambda: fit_standard_sae(x, n, seed, steps))
-    yield run("sae", codes, t)
-    yield run("sae+-", paired, t)
+    if "aff" in methods:
+        (codes, _), t = timed(lambda: fit_ssae(x, n, seed, steps, "none"))
+        yield run("aff", codes, t)
+    if "pca" in methods:
+        codes, t = timed(lambda: fit_pca(x, n, seed))
+        yield run("pca", codes, t)
+    if "ica" in methods:
+        codes, t = timed(lambda: fit_ica(x, n, seed))
+        yield run("ica", codes, t)
+    if "dl" in methods:
+        codes, t = timed(lambda: fit_dictionary(x, n, seed))
+        yield run("dl", codes, t)
+    if "sae" in methods or "sae+-" in methods:
+        (codes, paired), t = timed(lambda: fit_standard_sae(x, n, seed, steps))
+        yield run("sae", codes, t)
+        yield run("sae+-", paired, t)
 
 
 def _stats(values: list[float]) -> tuple[float, float, float]:
@@ -298,8 +312,9 @@ def summarize(runs: list[Run], settings: list[Setting]) -> tuple[str, list[str]]
     failures = []
     for s in present:
         ssae = statistics.median(r.mcc for r in by[s.key, "ssae"])
-        if s.key == "A" and ssae < 0.95:
-            failures.append(f"A: SSAE median MCC {ssae:.3f} < 0.95")
+        goal = DEFAULT_GOALS.get(s.key)
+        if goal is not None and ssae < goal:
+            failures.append(f"{s.key}: SSAE median MCC {ssae:.3f} < {goal}")
         for m in BASELINES:
             if (s.key, m) not in by:
                 continue
@@ -313,10 +328,12 @@ def summarize(runs: list[Run], settings: list[Setting]) -> tuple[str, list[str]]
                 failures.append(
                     f"{s.key}: SSAE {ssae:.3f} does not beat ica {base:.3f} by {CLEAR_MARGIN}"
                 )
+    goals = ", ".join(f"{k} >= {v}" for k, v in DEFAULT_GOALS.items())
     lines += [
         "",
-        "Acceptance criteria (medians; 'matches' allows "
-        f"{MATCH_TOLERANCE}, 'clearly' means by >= {CLEAR_MARGIN}):",
+        f"Acceptance criteria (medians): SSAE with defaults {goals}; SSAE beats aff and sae, "
+        f"matches the other baselines (within {MATCH_TOLERANCE}) and beats ica clearly (by >= "
+        f"{CLEAR_MARGIN}) on correlated concepts:",
         "",
     ]
     lines += [f"- FAIL {f}" for f in failures] or ["- all met"]
@@ -364,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         "--settings", default=",".join(SETTINGS), help=f"comma-separated of {list(SETTINGS)}"
     )
     parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated of {list(METHODS)} (ssae always runs; sae and sae+- go together)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke run: 1 seed, 3000 pairs, {QUICK_STEPS} training steps (numbers not valid)",
@@ -380,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     if args.seeds < 1 or args.n_pairs < DL_FIT_ROWS:
         parser.error(f"need --seeds >= 1 and --n-pairs >= {DL_FIT_ROWS}")
+    methods = ["ssae", *(m for m in args.methods.split(",") if m != "ssae")]
+    if unknown := [m for m in methods if m not in METHODS]:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
     settings = [SETTINGS[k] for k in args.settings.split(",")]
     seeds, n_pairs, steps = args.seeds, args.n_pairs, None
     if args.quick:
@@ -405,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     # Seeds outer: a partial report already covers every setting.
     jobs = [(s, seed) for seed in range(seeds) for s in settings]
     for setting, seed in tqdm(jobs, desc="identifiability", unit="run"):
-        runs.extend(run_setting(setting, seed, n_pairs, steps))
+        runs.extend(run_setting(setting, seed, n_pairs, steps, methods))
         table, failures = summarize(runs, settings)
         done = len({(r.setting, r.seed) for r in runs})
         partial = "" if done == len(jobs) else f"**Partial: {done} of {len(jobs)} runs.**\n\n"

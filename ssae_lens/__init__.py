@@ -53,11 +53,13 @@ if TYPE_CHECKING or not _command_line_process():
     from ssae_lens.ssae import (
         SSAE,
         SAELoadError,
+        SparsitySelection,
         SSAEConfig,
         SSAETrainer,
         TrainingSSAE,
         TrainingSSAEConfig,
         load,
+        select_sparsity_target,
         train_ssae,
     )
     from ssae_lens.steering import SteeringVector, caa_vector, steer, steer_rows
@@ -89,6 +91,7 @@ __all__ = [
     "PairedActivationStore",
     "SSAEConfig",
     "SSAETrainer",
+    "SparsitySelection",
     "SteeringVector",
     "TrainingSSAE",
     "TrainingSSAEConfig",
@@ -107,6 +110,7 @@ __all__ = [
     "reference_corpus",
     "register_pairs",
     "sae_ts_vector",
+    "select_sparsity_target",
     "steer",
     "steer_rows",
     "train_reference_sae",

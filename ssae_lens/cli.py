@@ -210,18 +210,28 @@ def train(
 
     Example: ssae-lens train configs/binary.yaml --set seeds=[0,1] --set train.training_steps=500
     """
-    from ssae_lens._core.io import atomic_dir
+    from ssae_lens._core.io import atomic_dir, save_figure
+    from ssae_lens.ssae.selection import select_sparsity_target
     from ssae_lens.ssae.training import train_ssae
 
     cfg = _experiment(config, set_)
     data = _shift_data(cfg, shifts)
     tcfg = cfg.training_config(d_in=data.shifts_tr.shape[1])
     out = _results_dir(cfg, "train")
+    selection = None
+    if tcfg.sparsity == "constraint" and tcfg.sparsity_target == "auto":  # once for all seeds
+        selection = select_sparsity_target(data.shifts_tr, tcfg)
+        plot = save_figure(selection.figure(), out / "sparsity_selection.png", dpi=100)
+        typer.echo(
+            f"sparsity_target auto: {selection.target:.4g} (code budget {selection.budget:.3g}; "
+            f"curve: {plot})"
+        )
     for seed in cfg.seeds:
         sae = train_ssae(
             data.shifts_tr,
             tcfg,
             seed=seed,
+            selection=selection,
             model_name=data.metadata.get("model", cfg.model),
             hook_name=data.metadata.get("hook_name", cfg.hook_name),
             dataset=data.metadata.get("dataset", cfg.dataset),

@@ -35,6 +35,7 @@ from sae_lens import SAE
 from torch import Tensor
 
 from ssae_lens.metrics import (
+    centred_steering_accuracy,
     concept_alignment,
     label_mcc,
     oriented_match,
@@ -84,6 +85,7 @@ class FitScores:
 
     alignment: float
     accuracy: float | None  # None without activations (synthetic shifts)
+    centred_accuracy: float | None  # centred_steering_accuracy; None without activations
     label_mcc: float | None  # None if some label never varies
     cos_vz: float | None  # mean cos(steering direction, z); None without activations
 
@@ -234,18 +236,21 @@ def pair_directions(fit: Fit, labels: Float[Tensor, "n c"]) -> Float[Tensor, "n 
 
 
 def evaluate_fit(fit: Fit, data: ShiftData) -> FitScores:
-    """Concept alignment, held-out steering accuracy, label MCC and ``cos(v, z)`` of a fit.
+    """Concept alignment, held-out steering accuracy (the paper's and centred), label MCC and
+    ``cos(v, z)`` of a fit.
 
     Steering accuracy (the paper's): cosine of ``z/|z| + v/|v|`` with ``z~`` on the held-out
-    pairs, ``v`` from :func:`pair_directions`. ``cos(v, z)`` is the mean cosine of ``v`` with
-    the activation it is added to, which dominates the accuracy when the shift is small next
-    to ``z``.
+    pairs, ``v`` from :func:`pair_directions`. The centred variant
+    (:func:`~ssae_lens.metrics.centred_steering_accuracy`) does the same about the mean
+    held-out source activation. ``cos(v, z)`` is the mean cosine of ``v`` with the activation
+    it is added to, which dominates the paper's accuracy when the shift is small next to ``z``.
     """
-    accuracy = cos_vz = None
+    accuracy = centred = cos_vz = None
     if data.src_te is not None and data.tgt_te is not None:
         src, tgt = data.src_te.float().cpu(), data.tgt_te.float().cpu()
         directions = pair_directions(fit, data.labels_te)
         accuracy = steering_accuracy(src, tgt, directions)
+        centred = centred_steering_accuracy(src, tgt, directions)
         cos_vz = float(torch.cosine_similarity(directions, src, dim=-1).mean())
     # Labels that never vary (every language pair is "language: 1") have no correlation.
     n, c = data.labels_te.shape
@@ -253,6 +258,7 @@ def evaluate_fit(fit: Fit, data: ShiftData) -> FitScores:
     return FitScores(
         alignment=fit.alignment,
         accuracy=accuracy,
+        centred_accuracy=centred,
         label_mcc=label_mcc(fit.codes_te, data.labels_te)[0] if varies else None,
         cos_vz=cos_vz,
     )

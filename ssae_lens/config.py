@@ -439,12 +439,19 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         )
         if is_null and type(None) in args:
             return None
-        errors = []
+        errors, literal_errors, choices = [], [], []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(value, arg, path)
             except ConfigError as e:
-                errors.append(str(e))
+                if typing.get_origin(arg) is Literal:
+                    literal_errors.append(str(e))
+                    choices += typing.get_args(arg)
+                else:
+                    errors.append(str(e))
+        if len(errors) == 1 and choices:  # a type or named choices (float | "auto")
+            raise ConfigError(f"{errors[0].removesuffix('.')} (or one of {choices}).")
+        errors += literal_errors
         raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: no type fits {value!r}.")
     if origin is Literal:
         if value in args:

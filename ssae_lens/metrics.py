@@ -225,3 +225,25 @@ def steering_accuracy(
     src = source / source.norm(dim=-1, keepdim=True)
     v = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     return float(torch.nn.functional.cosine_similarity(src + v, target, dim=-1).mean())
+
+
+def centred_steering_accuracy(
+    source: Float[Tensor, "n d"],
+    target: Float[Tensor, "n d"],
+    directions: Float[Tensor, "n d"],
+    center: Float[Tensor, " d"] | None = None,
+) -> float:
+    """:func:`steering_accuracy` about the mean activation: the mean cosine of
+    ``(z - m)/||z - m|| + v/||v||`` with ``z~ - m``.
+
+    ``m`` is ``center``, by default the mean of the source activations ``z`` of the evaluated
+    pairs (no labels: the point every pair starts from on average). A residual stream whose
+    activations share a large common component (Gemma's last token) has every ``z`` and ``z~``
+    nearly parallel, so the uncentred score sits near its ceiling for any ``v`` and mostly
+    measures ``cos(v, z)``. Centring removes that component: ``z - m`` is where this pair's
+    source sits among the sources, ``z~ - m = (z - m) + (z~ - z)``, and the score is high when
+    ``v`` points along the pair's shift ``z~ - z`` from there. A direction that is wrong for the
+    pair lowers it more than it lowers the uncentred score.
+    """
+    m = source.mean(0) if center is None else center
+    return steering_accuracy(source - m, target - m, directions)

@@ -100,6 +100,11 @@ def test_train_saves_one_sae_lens_dictionary_per_seed(run):
     first = SAE.load_from_disk(run["root"] / "runs" / "train" / "seed0")
     second = SAE.load_from_disk(run["root"] / "runs" / "train" / "seed1")
     assert not torch.equal(first.W_dec, second.W_dec)  # seeds differ
+    # sparsity_target "auto" (the default): selected once, shared by the seeds, plotted.
+    record = first.cfg.metadata.sparsity_selection
+    assert record == second.cfg.metadata.sparsity_selection
+    assert f"sparsity_target auto: {record['target']:.4g}" in run["train"].output
+    assert (run["root"] / "runs" / "train" / "sparsity_selection.png").stat().st_size > 0
 
 
 def test_evaluate_writes_the_metrics_of_the_trained_seeds(run):
@@ -215,6 +220,8 @@ def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
                 "hook_name": HOOK,
                 "seeds": [0, 1],
                 "train": {"d_sae": 2, "training_steps": 20},
+                # categorical: 29 concepts, within the tiny model's width 32
+                "many": {"max_pairs": 200, "width_multiplier": 1},
             }
         )
     )
@@ -232,6 +239,16 @@ def test_demo_runs_the_demo_from_a_config(tiny_model, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     report = (out / "report.md").read_text()
     assert "seed-agreement MCC" in report and "| mean-diff | - |" in report
+    # The many-concept part leads: categorical at 29 directions, SSAE against the baselines.
+    many = report.index("## Many concepts: `categorical` at width 29")
+    assert many < report.index("## Steering: `binary` at width 2")
+    assert "150 training and 50 held-out pairs" in report
+    for method in ("SSAE", "aff", "ICA"):  # seeded methods have a seed agreement
+        assert re.search(rf"^\| {method} \| -?\d\.\d{{3}} \| ", report[many:], re.MULTILINE)
+    assert "| PCA | - |" in report
+    # The selection curves behind "auto", one per part, plotted and tabled.
+    assert "| binary, width 2 |" in report and "| categorical, width 29 |" in report
+    assert (out / "selection.png").stat().st_size > 0
     assert "| The king |" in report  # the generations table
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["seeds"] == [0, 1] and resolved["steer"]["max_new_tokens"] == 2
@@ -354,6 +371,13 @@ def test_overrides_are_coerced_to_the_field_types():
     assert cfg.steer.prompts == ["a b", "c"]
     assert cfg.training_config(d_in=7).lr == 0.003
     assert config_from_dict(ExperimentConfig, cfg.to_dict()) == cfg
+    # sparsity_target is a number or "auto" (the default).
+    assert cfg.training_config(d_in=7).sparsity_target == "auto"
+    for value, expected in (("auto", "auto"), ("0.05", 0.05)):
+        train = apply_overrides({"train": {"d_sae": 2}}, [f"train.sparsity_target={value}"])
+        assert config_from_dict(ExperimentConfig, train).training_config(7).sparsity_target == (
+            expected
+        )
 
 
 @pytest.mark.parametrize(
@@ -372,11 +396,19 @@ def test_overrides_are_coerced_to_the_field_types():
         ({"sae_ts": {"targets": {"x": "abc"}}}, "sae_ts.targets.x must be a non-empty mapping"),
         ({"sae_ts": {"targets": {"x": {"a": 1}}}}, "features must be integers"),
         ({"sae_ts": {"targets": {"x": [-2]}}}, "features must be >= 0"),
+        ({"train": {"d_sae": 2}, "many": {"dataset": "nope"}}, "many.dataset must be a built-in"),
+        ({"train": {"d_sae": 2}, "many": {"width_multiplier": 0}}, "width_multiplier must be >= 1"),
+        (
+            {"train": {"d_sae": 2, "sparsity_target": "autom"}},
+            "sparsity_target must be float, got 'autom' (or one of ['auto'])",
+        ),
     ],
 )
 def test_bad_configs_name_the_fix(data, message):
+    from ssae_lens.demo import DemoConfig
+
     with pytest.raises(ConfigError, match=re.escape(message)):
-        config_from_dict(ExperimentConfig, data)
+        config_from_dict(DemoConfig if "many" in data else ExperimentConfig, data)
 
 
 def test_sae_ts_targets_from_yaml_and_overrides():

@@ -102,6 +102,28 @@ def test_steering_accuracy_by_hand():
     assert steering_accuracy(src, tgt, torch.tensor([[3.0, 0.0]])) == pytest.approx(2**-0.5)
 
 
+def test_centred_steering_accuracy_by_hand():
+    from ssae_lens.metrics import centred_steering_accuracy, steering_accuracy
+
+    # Sources (12, 10) and (8, 10): their mean (10, 10) is the default centre. About it the
+    # pairs are (2, 0) -> (1, 1) and (-2, 0) -> (-1, -1); the unit source plus the unit
+    # direction (0, 1), resp. (0, -1), points exactly at the centred target: cosine 1.
+    src = torch.tensor([[12.0, 10.0], [8.0, 10.0]])
+    tgt = torch.tensor([[11.0, 11.0], [9.0, 9.0]])
+    right = torch.tensor([[0.0, 5.0], [0.0, -2.0]])
+    assert centred_steering_accuracy(src, tgt, right) == pytest.approx(1.0)
+    # A direction along the source instead: (1, 0) + (1, 0) vs (1, 1), cosine 1/sqrt(2).
+    wrong = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
+    assert centred_steering_accuracy(src, tgt, wrong) == pytest.approx(2**-0.5)
+    # Uncentred, the common (10, 10) dominates: the two directions score much closer.
+    uncentred_gap = steering_accuracy(src, tgt, right) - steering_accuracy(src, tgt, wrong)
+    assert 0 < uncentred_gap < (1 - 2**-0.5) / 2
+    # An explicit centre is used as given: centre 0 is the uncentred score.
+    assert centred_steering_accuracy(src, tgt, wrong, center=torch.zeros(2)) == pytest.approx(
+        steering_accuracy(src, tgt, wrong)
+    )
+
+
 def test_oriented_match_flips_signs_and_marks_unmatched_concepts():
     from ssae_lens.metrics import oriented_match
 

@@ -11,8 +11,9 @@ true when the README changes):
 - The SSAE in the Python example trains 200 steps, not 3000.
 - The configs the commands name (``configs/binary.yaml``, ``configs/demo.yaml``,
   ``configs/effects.yaml``) are the repository's own files with ``CONFIG_OVERRIDES`` applied
-  (the tiny model's name and hook, fewer training steps and generated tokens), and for the
-  SAE-TS commands ``EFFECTS_OVERRIDES`` (the test's SAE, few directions, a target it has).
+  (the tiny model's name and hook, fewer training steps and generated tokens; the demo's
+  many-concept part on 200 categorical pairs at width 29), and for the SAE-TS commands
+  ``EFFECTS_OVERRIDES`` (the test's SAE, few directions, a target it has).
 - ``ssae-lens paper`` runs ``benchmarks/paper.py`` (22 minutes on Gemma): the script run is
   replaced by a stub that records its arguments.
 - The Hub is the stand-in server of conftest.py (``fake_hub``), set as the default endpoint.
@@ -124,6 +125,8 @@ def workspace(tmp_path, tiny_model, tiny_bridge, fake_hub, monkeypatch):
             overrides = {**CONFIG_OVERRIDES, **(EFFECTS_OVERRIDES if name == "effects" else {})}
             for key, value in overrides.items():
                 data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+        if name == "demo":  # categorical's 29 concepts fit the tiny model's width 32
+            data["many"] = {**data["many"], "max_pairs": 200, "width_multiplier": 1}
         Path("configs").mkdir(exist_ok=True)
         Path("configs", f"{name}.yaml").write_text(yaml.safe_dump(data))
     # The SAELens SAE the SAE-TS lines name, at the tiny model's hook.

@@ -322,7 +322,9 @@ def test_sparsity_target_ramp_is_linear_then_constant():
     )  # fmt: skip
     ramp = [cfg.sparsity_target_at(s) for s in (0, 5, 9, 10, 500)]
     assert ramp == pytest.approx([1.0, 0.55, 0.19, 0.1, 0.1])
-    no_start = TrainingSSAEConfig(d_in=4, d_sae=2, sparsity_target_ramp_steps=10)
+    no_start = TrainingSSAEConfig(
+        d_in=4, d_sae=2, sparsity_target=0.1, sparsity_target_ramp_steps=10
+    )
     assert no_start.sparsity_target_at(0) == 0.1
 
 

@@ -12,6 +12,7 @@ from ssae_lens.metrics import mcc
 from ssae_lens.ssae.training import ShuffledBatches, load_or_train_ssae
 
 
+@pytest.mark.slow  # defaults include sparsity_target="auto": a selection per seed (~1 min)
 def test_defaults_recover_concepts_on_synthetic_shifts():
     # The acceptance setting: n=9 concepts, <=3 change, d=64, 20k pairs, defaults.
     scores = []
@@ -30,6 +31,7 @@ def test_unconstrained_autoencoder_is_not_identifiable():
 
 
 def _small_run(steps=300, log_every=50, **overrides):
+    overrides.setdefault("sparsity_target", 0.1)  # tests/test_selection.py tests "auto"
     data = make_synthetic_shifts(2_000, 4, 2, 16, seed=1)
     cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=steps, batch_size=64, **overrides)
     return data, train_ssae(
@@ -142,7 +144,9 @@ def test_load_or_train_cache_reuses_and_rebuilds(tmp_path, monkeypatch):
     from ssae_lens._core.cache import CacheWarning
 
     data = make_synthetic_shifts(500, 4, 2, 16, seed=2).shifts
-    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=40, batch_size=64)
+    cfg = TrainingSSAEConfig(
+        d_in=16, d_sae=4, training_steps=40, batch_size=64, sparsity_target=0.1
+    )
     calls = []
     original = training.train_ssae
     monkeypatch.setattr(
@@ -221,7 +225,7 @@ def test_use_bias_learns_the_mean_shift_that_no_bias_cannot_represent():
     offset = torch.zeros(16)
     offset[0] = 2.0
     shifts = data.shifts + offset
-    cfg = dict(d_in=16, d_sae=4, training_steps=300, batch_size=64)
+    cfg = dict(d_in=16, d_sae=4, training_steps=300, batch_size=64, sparsity_target=0.1)
     biased = train_ssae(shifts, TrainingSSAEConfig(use_bias=True, **cfg), seed=0, progress=False)
     plain = train_ssae(shifts, TrainingSSAEConfig(**cfg), seed=0, progress=False)
     assert torch.equal(plain.b_dec, torch.zeros(16)) and "b_dec" in dict(plain.named_buffers())
@@ -244,7 +248,7 @@ def test_code_layer_norm_trains_and_gives_standardised_codes():
 
 def test_seeds_give_different_models_and_the_cache_key_covers_the_seed(tmp_path):
     data = make_synthetic_shifts(500, 4, 2, 16, seed=4)
-    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64)
+    cfg = TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64, sparsity_target=0.1)
     first = load_or_train_ssae(data.shifts, cfg, seed=0, cache_dir=tmp_path, progress=False)
     other = load_or_train_ssae(data.shifts, cfg, seed=1, cache_dir=tmp_path, progress=False)
     assert not torch.equal(first.W_dec, other.W_dec)
@@ -260,5 +264,7 @@ def test_seeds_give_different_models_and_the_cache_key_covers_the_seed(tmp_path)
     # training left the caller's config as it was (SAELens's trainer writes into the metadata)
     assert (
         cfg.to_dict()
-        == TrainingSSAEConfig(d_in=16, d_sae=4, training_steps=5, batch_size=64).to_dict()
+        == TrainingSSAEConfig(
+            d_in=16, d_sae=4, training_steps=5, batch_size=64, sparsity_target=0.1
+        ).to_dict()
     )

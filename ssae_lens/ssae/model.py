@@ -66,6 +66,7 @@ CODE_NORMALIZATIONS: tuple[str, ...] = get_args(CodeNormalization)
 SPARSITY_MODES: tuple[str, ...] = get_args(SparsityMode)
 RECONSTRUCTION_LOSSES: tuple[str, ...] = get_args(ReconstructionLoss)
 
+CONSTRAINT_REFERENCE_WIDTH = 32  # widths up to this keep the constraint term as it is
 _STANDARDIZE_EPS = 1e-5
 _WHITEN_EPS = 1e-4  # ridge, relative to the mean eigenvalue of the second moment
 
@@ -156,14 +157,27 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
       ascent on a non-negative multiplier (learning rate
       ``lr * multiplier_lr_ratio``). The target can ramp linearly from
       ``sparsity_target_start`` to ``sparsity_target`` over
-      ``sparsity_target_ramp_steps``.
+      ``sparsity_target_ramp_steps``. ``sparsity_target="auto"`` (default) is chosen
+      from the shifts by :func:`~ssae_lens.ssae.selection.select_sparsity_target` when
+      :func:`~ssae_lens.train_ssae` starts; the saved SSAE holds the chosen number and
+      the curve it came from (``metadata.sparsity_selection``).
+
+      The constraint term is ``s * lambda * (mean |c| - target)`` with the width factor
+      ``s = max(1, d_sae / 32)`` (:func:`constraint_scale`). ``mean |c|`` averages over the
+      code units, so the pressure that holds a code to a given L1 norm
+      (``target * d_sae``) grows with the width while Adam moves ``lambda`` by about its
+      learning rate per step: without ``s`` a wide code never reaches its constraint in
+      the default number of steps. ``lambda`` itself (logged, ``lagrange_multiplier``) is
+      the multiplier before the factor.
     - ``"l1"``: the penalty ``l1_coefficient * mean |c|``.
     - ``"topk"``: keep the ``topk`` largest-magnitude units (set ``topk``).
     - ``"none"``: no sparsity: the unconstrained autoencoder baseline ("aff").
     """
 
     sparsity: SparsityMode = "constraint"
-    sparsity_target: float = 0.1
+    # "auto": chosen from the data at the start of train_ssae (constraint mode only; the
+    # other modes do not read it).
+    sparsity_target: float | Literal["auto"] = "auto"
     sparsity_target_start: float | None = None
     sparsity_target_ramp_steps: int = 0
     multiplier_lr_ratio: float = 0.5
@@ -196,7 +210,14 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
                 f"decoder_init_norm={self.decoder_init_norm} is a SAELens option the SSAE does "
                 "not use (its decoder rows always have unit norm); leave it None."
             )
-        for name in ("sparsity_target", "lr", "lr_end_ratio", "batch_size", "training_steps"):
+        if isinstance(self.sparsity_target, str):
+            if self.sparsity_target != "auto":
+                raise ValueError(
+                    f"sparsity_target must be a number > 0 or 'auto', got {self.sparsity_target!r}."
+                )
+        elif self.sparsity_target <= 0:
+            raise ValueError(f"sparsity_target must be > 0, got {self.sparsity_target}.")
+        for name in ("lr", "lr_end_ratio", "batch_size", "training_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         if self.sparsity_target_start is not None and self.sparsity_target_start <= 0:
@@ -210,11 +231,22 @@ class TrainingSSAEConfig(TrainingSAEConfig, _SSAEArchitectureConfig):
 
     def sparsity_target_at(self, step: int) -> float:
         """The constraint level at a training step (after the optional linear ramp)."""
+        if self.sparsity_target == "auto":
+            raise ValueError(
+                "sparsity_target='auto' has not been resolved: train with train_ssae (which "
+                "chooses it from the shifts), or set it from select_sparsity_target(...).resolve."
+            )
         start = self.sparsity_target_start
         if start is None or step >= self.sparsity_target_ramp_steps:
             return self.sparsity_target
         frac = step / max(self.sparsity_target_ramp_steps, 1)
         return start + frac * (self.sparsity_target - start)
+
+
+def constraint_scale(d_sae: int) -> float:
+    """The width factor ``max(1, d_sae / CONSTRAINT_REFERENCE_WIDTH)`` of the constraint term
+    (see :class:`TrainingSSAEConfig`)."""
+    return max(1.0, d_sae / CONSTRAINT_REFERENCE_WIDTH)
 
 
 class _SSAECore:
@@ -440,7 +472,7 @@ class TrainingSSAE(_SSAECore, TrainingSAE[TrainingSSAEConfig]):
         if self.cfg.sparsity == "constraint":
             violation = sparsity - self.cfg.sparsity_target_at(step_input.n_training_steps)
             multiplier = _reverse_grad(self.lagrange_multiplier)
-            return {"constraint_loss": multiplier * violation}
+            return {"constraint_loss": constraint_scale(self.cfg.d_sae) * multiplier * violation}
         return {}
 
     @override
@@ -462,11 +494,13 @@ class TrainingSSAE(_SSAECore, TrainingSAE[TrainingSSAEConfig]):
         aux = self.calculate_aux_loss(step_input, codes, hidden_pre, recon_n)
         loss = recon_loss + sum(aux.values(), torch.zeros((), device=x.device))
         sparsity = codes.detach().abs().mean()
-        target = self.cfg.sparsity_target_at(step_input.n_training_steps)
+        # Without a constraint there is no level to meet: target and violation read 0.
+        constrained = self.cfg.sparsity == "constraint"
+        target = self.cfg.sparsity_target_at(step_input.n_training_steps) if constrained else 0.0
         metrics: dict[str, Any] = {
             "mean_abs_code": sparsity,
             "sparsity_target": target,
-            "constraint_violation": sparsity - target,
+            "constraint_violation": sparsity - target if constrained else 0.0 * sparsity,
             "lagrange_multiplier": self.lagrange_multiplier.detach().clone(),
         }
         return TrainStepOutput(

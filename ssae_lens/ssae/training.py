@@ -11,13 +11,14 @@ one), and a progress bar that shows the multiplier and constraint violation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from ssae_lens._core.io import write_json_atomic, write_text_atomic
 from ssae_lens._core.rng import scoped_seed
 from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.ssae.model import SSAE, TrainingSSAE, TrainingSSAEConfig
+
+if TYPE_CHECKING:
+    from ssae_lens.ssae.selection import SparsitySelection
 
 DATA_STATE_FILENAME = "data_provider_state.json"
 RUN_STATE_FILENAME = "run_identity.json"
@@ -129,7 +133,8 @@ class _CheckedBatches(Iterator[Tensor]):
 
 @dataclass
 class TrainingRecord:
-    """Metrics of one logged training step (also written to ``history.jsonl``)."""
+    """Metrics of one logged training step (also written to ``history.jsonl``);
+    ``sparsity_target`` and ``constraint_violation`` are 0 in modes without a constraint."""
 
     step: int
     recon_loss: float
@@ -307,6 +312,7 @@ def train_ssae(
     model_name: str | None = None,
     hook_name: str | None = None,
     dataset: str | None = None,
+    selection: SparsitySelection | None = None,
 ) -> SSAE | tuple[SSAE, SSAETrainer]:
     """Train a Sparse Shift Autoencoder on shifts and return the inference :class:`SSAE`.
 
@@ -333,15 +339,18 @@ def train_ssae(
             (``model.cfg.model_name``, the hook point, the pairs), recorded in the SSAE's
             ``cfg.metadata`` (and so in ``cfg.json``, the model card and the steering vectors
             made from it), as SAELens's own training records them.
+        selection: for ``cfg.sparsity_target="auto"``, a
+            :func:`~ssae_lens.ssae.selection.select_sparsity_target` result to use instead of
+            selecting here (e.g. one selection shared by several seeds). Without it, "auto"
+            runs the selection on the shifts (on an iterable: on the first 100,000 shifts,
+            those the normalisation is estimated from) with
+            its fixed seeds, so every training seed gets the same target. The chosen target is
+            what trains; the selection is stored in ``metadata.sparsity_selection``.
 
     Raises:
         NonFiniteError: the loss became NaN or inf (nothing is saved, no checkpoint either).
     """
     device = device or cfg.device
-    sae = _initialised(cfg, seed)
-    for key, value in (("model_name", model_name), ("hook_name", hook_name), ("dataset", dataset)):
-        if value is not None:
-            sae.cfg.metadata[key] = value
     data = as_shifts(data)
     if isinstance(data, Tensor):
         check_shifts(data, cfg.d_in)
@@ -362,6 +371,15 @@ def train_ssae(
             raise ValueError("The data iterator is empty: there are no shifts to train on.")
         sample = torch.cat(head)
         provider = _CheckedBatches(iterator, cfg.d_in, head)
+    selection = _resolve_auto(cfg, data if isinstance(data, Tensor) else sample, device, selection)
+    if selection is not None:
+        cfg = selection.resolve(cfg)
+    sae = _initialised(cfg, seed)
+    for key, value in (("model_name", model_name), ("hook_name", hook_name), ("dataset", dataset)):
+        if value is not None:
+            sae.cfg.metadata[key] = value
+    if selection is not None:
+        sae.cfg.metadata.sparsity_selection = selection.to_dict()
     sae.fit_normalization(sample)
 
     if log_to_wandb:
@@ -417,25 +435,77 @@ def load_or_train_ssae(
     and seed: a rerun with the same inputs loads the saved SSAE instead of training (a
     verified cached folder: a damaged one is retrained with a warning).
 
+    With ``sparsity_target="auto"`` the selection is cached too (:func:`load_or_select`), so
+    the seeds of one config share one selection run.
+
     ``threads``, if given, sets torch's intra-op threads for the training only (restored after;
     1 suits small SSAEs, whose steps are streams of small matmuls).
     """
     check_shifts(shifts, cfg.d_in)
-    # Not the metadata: it describes the SSAE (hook, model; train_ssae adds its training
-    # metrics after training) but does not change how it trains.
-    fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
-    digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
+    digest = _config_digest(shifts, cfg)
     digest.update(str(seed).encode())
     folder = Path(cache_dir) / f"ssae-{digest.hexdigest()[:16]}"
     settings = {"key": digest.hexdigest()}
     if is_cached(folder, settings):
         return SAE.load_from_disk(folder)
     with intra_op_threads(threads):
-        sae = train_ssae(shifts, cfg, seed=seed, progress=progress)
+        selection = None
+        if cfg.sparsity == "constraint" and cfg.sparsity_target == "auto":
+            selection = load_or_select(shifts, cfg, cache_dir=cache_dir)
+        sae = train_ssae(shifts, cfg, seed=seed, progress=progress, selection=selection)
     with write_cached_folder(folder, settings) as tmp:
         sae.save_model(tmp)
     return sae
+
+
+def load_or_select(
+    shifts: Float[Tensor, "n d_in"], cfg: TrainingSSAEConfig, *, cache_dir: str | os.PathLike
+) -> SparsitySelection:
+    """:func:`~ssae_lens.ssae.selection.select_sparsity_target` at its defaults, cached in
+    ``cache_dir`` under a hash of data and config (``sparsity_target`` aside)."""
+    from ssae_lens.ssae.selection import RULE_VERSION, SparsitySelection, select_sparsity_target
+
+    digest = _config_digest(shifts, dataclasses.replace(cfg, sparsity_target="auto"))
+    digest.update(f"rule {RULE_VERSION}".encode())
+    folder = Path(cache_dir) / f"selection-{digest.hexdigest()[:16]}"
+    settings = {"key": digest.hexdigest()}
+    if is_cached(folder, settings):
+        return SparsitySelection.from_dict(json.loads((folder / "selection.json").read_text()))
+    selection = select_sparsity_target(shifts, cfg)
+    with write_cached_folder(folder, settings) as tmp:
+        write_json_atomic(tmp / "selection.json", selection.to_dict())
+    return selection
+
+
+def _config_digest(shifts: Tensor, cfg: TrainingSSAEConfig) -> Any:
+    """A sha256 of the config (its metadata aside) and the shifts' values, to extend."""
+    # Not the metadata: it describes the SSAE (hook, model; train_ssae adds its training
+    # metrics after training) but does not change how it trains.
+    fields = {k: v for k, v in cfg.to_dict().items() if k != "metadata"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    digest.update(shifts.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest
+
+
+def _resolve_auto(
+    cfg: TrainingSSAEConfig, shifts: Tensor, device: str, selection: SparsitySelection | None
+) -> SparsitySelection | None:
+    """The sparsity selection ``cfg`` trains with: ``selection`` or a new one for
+    ``sparsity_target="auto"`` (constraint mode); None for a fixed target."""
+    auto = cfg.sparsity == "constraint" and cfg.sparsity_target == "auto"
+    if not auto:
+        if selection is not None:
+            raise ValueError(
+                f"selection= chooses sparsity_target='auto', but this config has "
+                f"sparsity={cfg.sparsity!r}, sparsity_target={cfg.sparsity_target!r}; drop "
+                "selection= or set sparsity_target='auto'."
+            )
+        return None
+    if selection is None:
+        from ssae_lens.ssae.selection import select_sparsity_target  # it imports train_ssae
+
+        selection = select_sparsity_target(shifts, cfg, device=device)
+    return selection
 
 
 def _initialised(cfg: TrainingSSAEConfig, seed: int) -> TrainingSSAE:
@@ -487,6 +557,7 @@ __all__ = [
     "ShuffledBatches",
     "TrainingRecord",
     "check_shifts",
+    "load_or_select",
     "load_or_train_ssae",
     "train_ssae",
 ]
