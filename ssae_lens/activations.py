@@ -412,7 +412,7 @@ class _TextHarvester:
         show = self.progress and ctx.is_main
         # Cached shards and the other ranks' shares are not counted: no total then.
         total = len(self.order) if ctx.world_size == 1 and self.cache is None else None
-        bar = tqdm(total=total, desc="Harvesting", unit="text", disable=not show)
+        bar = tqdm(total=total, desc="Harvesting", unit="text", disable=None if show else True)
 
         def compute(items: range) -> dict[str, Tensor]:
             return self._run_shard(self.order[items.start : items.stop], bar)
