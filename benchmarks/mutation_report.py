@@ -8,8 +8,13 @@ Survival rate = (survived + no tests) / mutants checked. A mutant with "no tests
 fast test calls, so nothing can kill it. Timeouts and suspicious runs count as checked, not
 survived.
 
+``--every K`` restricts everything to a deterministic sample: the mutants numbered 1, 1 + K,
+1 + 2K, ... of every function (mutmut numbers them per function). ``--unchecked`` prints the
+sampled mutants that have no result yet, to hand to ``mutmut run``.
+
     python benchmarks/mutation_report.py
     python benchmarks/mutation_report.py --survivors survivors.txt --top 3
+    mutmut run $(python benchmarks/mutation_report.py --every 5 --unchecked --module ssae_lens/x.py)
 """
 
 from __future__ import annotations
@@ -29,13 +34,23 @@ COLUMNS = ["killed", "survived", "no tests", "timeout", "suspicious", "segfault"
 SURVIVING = ("survived", "no tests")
 
 
-def statuses(path: str) -> dict[str, str]:
-    """Mutant name -> mutmut status for one source file; empty if it was never mutated."""
+def number(name: str) -> int:
+    """The per-function number of a mutant (``..._mcc__mutmut_12`` -> 12)."""
+    return int(name.rsplit("__mutmut_", 1)[1])
+
+
+def statuses(path: str, every: int = 1) -> dict[str, str]:
+    """Mutant name -> mutmut status for one source file (the 1-in-``every`` sample); empty if it
+    was never mutated."""
     meta = Path("mutants") / f"{path}.meta"
     if not meta.exists():
         return {}
     codes = json.loads(meta.read_text())["exit_code_by_key"]
-    return {name: status_by_exit_code[code] for name, code in codes.items()}
+    return {
+        name: status_by_exit_code[code]
+        for name, code in codes.items()
+        if (number(name) - 1) % every == 0
+    }
 
 
 def table(results: dict[str, dict[str, str]]) -> str:
@@ -77,7 +92,7 @@ def survivors(results: dict[str, dict[str, str]], top: int) -> str:
         for status in SURVIVING:
             names = sorted(
                 (n for n, s in results[path].items() if s == status),
-                key=lambda n: (n.rsplit("__mutmut_", 1)[0], int(n.rsplit("__mutmut_", 1)[1])),
+                key=lambda n: (n.rsplit("__mutmut_", 1)[0], number(n)),
             )
             blocks.append(f"## {path}: {status} ({len(names)})")
             blocks += [compact_diff(name, path) for name in names]
@@ -88,8 +103,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--survivors", type=Path, help="write the survivors' diffs to this file")
     parser.add_argument("--top", type=int, default=3, help="modules with the most survivors")
+    parser.add_argument("--every", type=int, default=1, help="sample 1 mutant in K per function")
+    parser.add_argument("--module", action="append", help="only this path (repeatable)")
+    parser.add_argument("--unchecked", action="store_true", help="list unchecked mutants only")
     args = parser.parse_args()
-    results = {path: statuses(path) for path in config().only_mutate}
+    paths = args.module or config().only_mutate
+    results = {path: statuses(path, args.every) for path in paths}
+    if args.unchecked:
+        print("\n".join(n for r in results.values() for n, s in r.items() if s == "not checked"))
+        return
     print(table(results))
     if args.survivors:
         write_text_atomic(args.survivors, survivors(results, args.top))
