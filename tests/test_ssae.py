@@ -36,6 +36,17 @@ def test_registered_with_sae_lens_and_registration_is_idempotent():
     assert get_sae_class("ssae")[0] is ssae_lens.SSAE
 
 
+def test_register_adds_both_classes_to_empty_registries(monkeypatch):
+    # what the first import does (the registries are already filled by this session's import)
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    monkeypatch.delitem(SAE_CLASS_REGISTRY, "ssae")
+    monkeypatch.delitem(SAE_TRAINING_CLASS_REGISTRY, "ssae")
+    register()
+    assert get_sae_class("ssae") == (SSAE, SSAEConfig)
+    assert get_sae_training_class("ssae") == (TrainingSSAE, TrainingSSAEConfig)
+
+
 def test_encode_decode_match_hand_computation_with_scale_normalisation():
     sae = _random_ssae("scale")
     x = torch.randn(7, 12)
