@@ -56,6 +56,18 @@ def test_encode_decode_match_hand_computation_with_scale_normalisation():
     torch.testing.assert_close(sae.decode(codes), (codes @ sae.W_dec) / scale)
 
 
+@pytest.mark.parametrize("norm", NORMALIZATIONS)
+def test_leading_dimensions_are_batch_dimensions(norm):
+    # encode/decode take "... d_in": a (2, 3, d_in) batch gives the rows of the (6, d_in) one
+    sae = _random_ssae(norm, topk=2, code_normalization="layer_norm")
+    x = torch.randn(6, 12)
+    flat_codes = sae.encode(x)
+    flat_out = sae.decode(flat_codes)
+    codes = sae.encode(x.reshape(2, 3, 12))
+    torch.testing.assert_close(codes, flat_codes.reshape(2, 3, 5))
+    torch.testing.assert_close(sae.decode(codes), flat_out.reshape(2, 3, 12))
+
+
 def test_scale_normalisation_gives_unit_mean_square_norm():
     sae = SSAE(SSAEConfig(d_in=6, d_sae=2))
     x = torch.randn(500, 6) * 7.0
