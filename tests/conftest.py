@@ -120,6 +120,14 @@ def build_tiny_bridge(
     ).eval()
 
 
+@pytest.fixture(autouse=True)
+def _same_torch_rng_state_for_every_test() -> None:
+    """Every test starts from the same global torch RNG state, whichever tests ran before it,
+    so its random data do not depend on test order or selection (mutmut runs a different
+    subset of the tests for each mutant)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory) -> PreTrainedTokenizerFast:
     return build_tiny_tokenizer(str(tmp_path_factory.mktemp("tiny_tokenizer")))

@@ -56,6 +56,26 @@ def test_constant_columns_count_as_uncorrelated():
     assert correlation_matrix(a, a)[1].abs().sum() == 0
 
 
+def test_correlation_matrix_at_two_samples_and_unit_norm_columns_matches_numpy():
+    # two samples, the fewest allowed: every non-constant pair correlates +-1
+    a, b = torch.tensor([[1.0, 2.0], [3.0, 1.0]]), torch.tensor([[0.0], [5.0]])
+    np.testing.assert_allclose(correlation_matrix(a, b).numpy(), [[1.0], [-1.0]], atol=1e-12)
+    # +-0.5 data: the centred column has norm exactly 1 (only zero-norm columns are zeroed)
+    a = torch.tensor([[0.5], [-0.5], [0.5], [-0.5]])
+    b = torch.tensor([[1.0], [0.0], [2.0], [-1.0]])
+    expected = np.corrcoef(a.numpy().T, b.numpy().T)[:1, 1:]
+    np.testing.assert_allclose(correlation_matrix(a, b).numpy(), expected, atol=1e-12)
+
+
+def test_seed_agreement_of_saes_equals_that_of_their_decoders():
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(4)
+    w = [torch.randn(3, 10, generator=g) for _ in range(2)]
+    saes = [SimpleNamespace(W_dec=x) for x in w]  # anything with a W_dec, as SAELens SAEs
+    assert seed_agreement_mcc(saes) == seed_agreement_mcc(w)
+
+
 def test_seed_agreement_of_permuted_and_flipped_decoders_is_one():
     w = torch.randn(6, 32)
     other = -w[[5, 4, 3, 2, 1, 0]] * 3
@@ -89,6 +109,13 @@ def test_concept_directions_average_single_concept_shifts_with_sign():
     labels = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])
     dirs = concept_directions(shifts, labels)
     torch.testing.assert_close(dirs, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+
+
+def test_concept_directions_name_the_concepts_that_never_change_alone():
+    # concept 1 changes only together with concept 0 (3 pairs, 2 concepts)
+    labels = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"column\(s\) \[1\]"):
+        concept_directions(torch.randn(3, 4), labels)
 
 
 def test_steering_accuracy_by_hand():

@@ -83,6 +83,14 @@ def test_a_soft_classifier_moves_codes_along_the_prototype_difference():
         move_codes(codes, protos, 1, temperature=0.0)
 
 
+def test_a_hard_classifier_jumps_from_the_nearest_prototype_to_the_target():
+    # T far below the squared distances: softmax is one-hot on the nearest prototype, so a
+    # step of 0.5 from prototype 0 moves by 2 * 0.5 * (p_target - p_0), onto the target.
+    protos = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 1.0], [4.0, 4.0, 0.0]])
+    moved = move_codes(protos[:1], protos, 1, steps=1, step_size=0.5, temperature=1e-3)
+    torch.testing.assert_close(moved, protos[1:2])
+
+
 def test_zero_steps_change_nothing_and_hooks_are_removed(tiny_model, query_sae, protos):
     tokens = tiny_model.to_tokens(["the cat sat"])
     plain = tiny_model(tokens)

@@ -281,6 +281,26 @@ def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
         effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
 
 
+def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_sae, tmp_path):
+    # each of these changes the effects, so a cache made without it must be refused
+    dirs = unit_directions(2, seed=5)
+    effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
+    changed = {
+        "seed": dict(seed=1),
+        "do_sample": dict(do_sample=True),
+        "temperature": dict(temperature=0.5),
+        "hook_name": dict(hook_name="blocks.0.hook_resid_post"),
+    }
+    for key, change in changed.items():
+        with pytest.raises(ValueError, match=rf"settings\.{key} differ"):
+            effects(tiny_model, tiny_sae, dirs, cache_dir=tmp_path, max_new_tokens=2, **change)
+    with pytest.raises(ValueError, match=r"settings\.directions_checksum differ"):
+        measure_effects(
+            tiny_model, tiny_sae, dirs, 2.0, prompts=PROMPTS, n_samples=1, max_new_tokens=2,
+            do_sample=False, batch_size=8, cache_dir=tmp_path,
+        )  # fmt: skip
+
+
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
     with pytest.raises(ValueError, match="not both"):
         effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=8)

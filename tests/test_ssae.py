@@ -36,6 +36,17 @@ def test_registered_with_sae_lens_and_registration_is_idempotent():
     assert get_sae_class("ssae")[0] is ssae_lens.SSAE
 
 
+def test_register_adds_both_classes_to_empty_registries(monkeypatch):
+    # what the first import does (the registries are already filled by this session's import)
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    monkeypatch.delitem(SAE_CLASS_REGISTRY, "ssae")
+    monkeypatch.delitem(SAE_TRAINING_CLASS_REGISTRY, "ssae")
+    register()
+    assert get_sae_class("ssae") == (SSAE, SSAEConfig)
+    assert get_sae_training_class("ssae") == (TrainingSSAE, TrainingSSAEConfig)
+
+
 def test_encode_decode_match_hand_computation_with_scale_normalisation():
     sae = _random_ssae("scale")
     x = torch.randn(7, 12)
@@ -43,6 +54,18 @@ def test_encode_decode_match_hand_computation_with_scale_normalisation():
     codes = sae.encode(x)
     torch.testing.assert_close(codes, (x * scale) @ sae.W_enc)
     torch.testing.assert_close(sae.decode(codes), (codes @ sae.W_dec) / scale)
+
+
+@pytest.mark.parametrize("norm", NORMALIZATIONS)
+def test_leading_dimensions_are_batch_dimensions(norm):
+    # encode/decode take "... d_in": a (2, 3, d_in) batch gives the rows of the (6, d_in) one
+    sae = _random_ssae(norm, topk=2, code_normalization="layer_norm")
+    x = torch.randn(6, 12)
+    flat_codes = sae.encode(x)
+    flat_out = sae.decode(flat_codes)
+    codes = sae.encode(x.reshape(2, 3, 12))
+    torch.testing.assert_close(codes, flat_codes.reshape(2, 3, 5))
+    torch.testing.assert_close(sae.decode(codes), flat_out.reshape(2, 3, 12))
 
 
 def test_scale_normalisation_gives_unit_mean_square_norm():
