@@ -351,9 +351,10 @@ def _report(
             "Seed agreement: the MCC between the directions fitted with different seeds (PCA "
             "is deterministic: -). Label MCC: the correlation of each concept's label with its "
             "best-matched code unit on held-out pairs (one to one), averaged over concepts. "
-            "Concept alignment: as below. The SSAE's sparsity constraint is what makes its "
-            "directions the same across seeds and one per concept; without it (aff) the code "
-            "is free to rotate.",
+            "Concept alignment: as below. Without the sparsity constraint (aff) the code is "
+            "free to rotate and the seeds disagree. Agreement alone is not identification: a "
+            "method can find the same directions with every seed without them being the "
+            "concepts, which label MCC and concept alignment tell apart.",
             "",
         ]
     lines += [
