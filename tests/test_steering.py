@@ -365,6 +365,49 @@ def test_steer_rows_needs_one_direction_per_row(model):
     assert_clean(model)
 
 
+@pytest.mark.parametrize("operator", ["ablate_then_add", "projection_cap"])
+def test_projection_operators_use_each_rows_own_direction_norm(model, operator):
+    # rows of norms 1 and 2.5 (a unit row too: only a zero row is refused)
+    directions = torch.stack([unit(32, 6), 2.5 * unit(32, 7)])
+    scales = [0.5, -0.3]
+    tokens = model.to_tokens(PROMPTS)
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    with steer_rows(model, directions, HOOK, scales=scales, operator=operator):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    for b in range(2):
+        x, v, s = plain[HOOK][b], directions[b], scales[b]
+        u = v / v.norm()
+        projection = x @ u
+        if operator == "ablate_then_add":
+            expected = x - projection[:, None] * u + s * v
+        else:
+            expected = x - (projection - s).clamp_min(0)[:, None] * u
+        torch.testing.assert_close(steered[HOOK][b], expected, atol=1e-5, rtol=1e-5)
+    assert_clean(model)
+
+
+def test_non_additive_operators_refuse_a_zero_direction(model):
+    directions = torch.stack([unit(32, 6), torch.zeros(32)])
+    for operator in ("ablate_then_add", "projection_cap"):
+        with (
+            pytest.raises(ValueError, match="needs a non-zero direction"),
+            steer_rows(model, directions, HOOK, operator=operator),
+        ):
+            pass
+    with steer_rows(model, directions, HOOK, operator="add"):  # adding zero is fine
+        pass
+    assert_clean(model)
+
+
+def test_a_raw_tensor_without_a_scale_is_added_once(model):
+    v = unit(32, 8)
+    tokens = model.to_tokens(PROMPTS[0])
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    with steer(model, Steering(v, hook_name=HOOK)):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    torch.testing.assert_close(steered[HOOK], plain[HOOK] + v, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------- hook hygiene
 def test_hooks_removed_after_exception_and_nesting(model, vector):
     with pytest.raises(KeyError), steer(model, vector):
