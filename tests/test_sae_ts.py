@@ -818,6 +818,44 @@ def test_rotation_vector_reaches_a_feature_without_effect_data():
         decoder_rotation(effect_model, sae, fitted_features=[0, 1, 2])
 
 
+def test_decoder_rotation_ignores_the_norms_of_decoder_rows_and_effect_columns():
+    # R is fitted on unit rows and unit columns: rescaling decoder rows or columns of W
+    # changes nothing. Noisy effects, so that a weighted fit would give another R.
+    effect_model, sae, decoder, _ = rotated_decoder_example(noise=0.3)
+    unit_r = decoder_rotation(effect_model, sae)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(24, 1, generator=g) * 5 + 0.1)
+    torch.testing.assert_close(decoder_rotation(effect_model, sae), unit_r, atol=1e-5, rtol=0)
+    unit_w = effect_model.W / effect_model.W.norm(dim=0).clamp_min(1e-12)
+    unit_model = EffectModel(unit_w, effect_model.b, hook_name=HOOK)
+    torch.testing.assert_close(decoder_rotation(unit_model, sae), unit_r, atol=1e-5, rtol=0)
+    # and R is the Procrustes solution of the unit rows: no orthogonal matrix does better
+    fitted = [j for j in range(24) if j != 5]
+    d_f, u_f = decoder[fitted], unit_w.T[fitted]
+    best = float((d_f @ unit_r - u_f).norm())
+    for seed in range(200):
+        q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(seed)))
+        near = torch.linalg.qr(unit_r + 0.05 * q)[0]  # orthogonal matrices near R
+        near = near * torch.sign(torch.diagonal(near.T @ unit_r))  # same column signs
+        assert float((d_f @ near - u_f).norm()) >= best - 1e-5
+
+
+def test_pinv_vector_with_a_partial_bias_weight_and_its_provenance():
+    true, _ = known_effect_model()
+    t = torch.tensor([1.0, 0, 0, -0.5, 0, 0])
+    v = pinv_vector(true, {0: 1.0, 3: -0.5}, bias_weight=0.25)
+    rhs = (t / t.norm() - 0.25 * true.b).double()
+    x = torch.linalg.lstsq(true.W.T.double(), rhs[:, None], driver="gelsd").solution[:, 0]
+    torch.testing.assert_close(v.direction.double(), x / x.norm(), atol=1e-6, rtol=0)
+    assert v.provenance["bias_weight"] == 0.25
+    assert v.provenance["effect_model"] == true.provenance
+    fit_provenance = dict(method="ridge", n_train=9, n_test=1, seed=0, weight_decay=0.0)
+    fitted = EffectModel(true.W, true.b, hook_name=HOOK, provenance=fit_provenance)
+    for make in (sae_ts_vector, pinv_vector):
+        assert make(fitted, [0]).provenance["effect_model"] == fit_provenance
+
+
 def test_dense_and_sparse_targets_give_the_same_vectors():
     g = torch.Generator().manual_seed(1)
     effect_model = EffectModel(torch.randn(6, 4, generator=g), torch.randn(4, generator=g), HOOK)
