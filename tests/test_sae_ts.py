@@ -301,6 +301,30 @@ def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_s
         )  # fmt: skip
 
 
+def test_temperature_reaches_the_sampler(tiny_model, tiny_sae):
+    # the same seed, so the same uniforms: only the temperature can change the rollouts
+    dirs = unit_directions(2, seed=6)
+    sampled = dict(do_sample=True, n_samples=2, max_new_tokens=4, seed=3)
+    cool = effects(tiny_model, tiny_sae, dirs, temperature=0.2, **sampled)
+    again = effects(tiny_model, tiny_sae, dirs, temperature=0.2, **sampled)
+    hot = effects(tiny_model, tiny_sae, dirs, temperature=5.0, **sampled)
+    torch.testing.assert_close(cool, again, atol=0, rtol=0)
+    assert not torch.allclose(cool, hot)
+
+
+def test_effect_cache_key_covers_the_pad_token(tiny_model, tiny_sae, tmp_path):
+    dirs = unit_directions(2, seed=5)
+    effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
+    tokenizer = tiny_model.tokenizer
+    pad = tokenizer.pad_token
+    tokenizer.pad_token_id = next(i for i in (1, 2, 3) if i != tokenizer.pad_token_id)
+    try:
+        with pytest.raises(ValueError, match=r"settings\.pad_token_id differ"):
+            effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
+    finally:
+        tokenizer.pad_token = pad
+
+
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
     with pytest.raises(ValueError, match="not both"):
         effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=8)
