@@ -33,6 +33,7 @@ from ssae_lens.steering import (
     steer,
     steer_rows,
 )
+from ssae_lens.steering.apply import _Step
 
 HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = ["The cat sat on the mat", "I love this movie"]
@@ -428,6 +429,32 @@ def test_hooks_removed_after_exception_and_nesting(model, vector):
     assert "generate" in model.__dict__ and model.hook_dict[other.hook_name].fwd_hooks
     handle_b.remove()
     assert_clean(model)
+
+
+def test_an_instance_level_generate_is_wrapped_and_restored(model, vector, monkeypatch):
+    calls = []
+
+    def custom(*args, **kwargs):
+        calls.append(args)
+        return "custom"
+
+    monkeypatch.setitem(model.__dict__, "generate", custom)
+    for _ in range(2):  # and again after the first steering is removed
+        with steer(model, vector):
+            assert model.generate is not custom  # the steering wrapper, around ours
+            assert model.generate("x") == "custom"
+        assert model.__dict__["generate"] is custom
+    assert calls == [("x",), ("x",)]
+
+
+def test_a_mask_of_only_the_new_columns_counts_the_cached_ones_as_real():
+    # _Step with 3 cached columns and a [batch, n] mask of the 2 new ones: the cached
+    # columns are real tokens, so row 1 (its first new column padding) has indices 2, 3.
+    step = _Step(3, 2, torch.tensor([[1, 1], [0, 1]]), prompt_len=3, device="cpu")
+    assert step.batch == 2
+    assert step.valid.tolist() == [[True, True], [False, True]]
+    assert step.real_index.tolist() == [[3, 4], [2, 3]]
+    assert step.prompt_real_len.tolist() == [3, 3]
 
 
 def test_nan_producing_scale_is_reported_not_generated(model, vector):
