@@ -298,6 +298,49 @@ def test_bad_datasets(tiny_model, pairs, message):
         harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post")
 
 
+def test_shifts_without_bos_match_the_hand_computation(tiny_model):
+    hook = "blocks.1.hook_resid_post"
+    shifts = harvest_shifts(
+        tiny_model, (SOURCES[:3], TARGETS[:3]), hook, prepend_bos=False, progress=False
+    )
+    for row, source, target in zip(shifts, SOURCES[:3], TARGETS[:3], strict=True):
+        last = [
+            tiny_model.run_with_cache(t, prepend_bos=False)[1][hook][0, -1]
+            for t in (source, target)
+        ]
+        torch.testing.assert_close(row, last[1] - last[0], atol=1e-5, rtol=0)
+
+
+def test_cache_key_covers_prepend_bos_even_for_the_same_token_ids(tiny_model, tmp_path):
+    # "<bos>queen" without BOS and "queen" with BOS have the same token ids, but only the
+    # second drops its (prepended) BOS from the mean: a cache of one cannot serve the other.
+    texts = ["the king sat", "queen", "a red box"]
+    bos = tiny_model.tokenizer.bos_token
+    literal = [bos + text for text in texts]
+    options = dict(hook_name="blocks.1.hook_resid_post", position="mean", progress=False)
+    assert [tiny_model.to_tokens(t, prepend_bos=False).tolist() for t in literal] == [
+        tiny_model.to_tokens(t, prepend_bos=True).tolist() for t in texts
+    ]
+    harvest_activations(tiny_model, literal, prepend_bos=False, cache_dir=tmp_path, **options)
+    counter = ForwardCounter()
+    with counter.counting(tiny_model):
+        cached = harvest_activations(
+            tiny_model, texts, prepend_bos=True, cache_dir=tmp_path, **options
+        )
+    assert counter.calls > 0
+    for row, text in zip(cached, texts, strict=True):
+        act = tiny_model.run_with_cache(text)[1]["blocks.1.hook_resid_post"][0]
+        torch.testing.assert_close(row, act[1:].mean(0), atol=1e-5, rtol=0)  # BOS excluded
+
+
+def test_an_object_with_sources_but_no_targets_is_refused(tiny_model):
+    class OnlySources:
+        sources = ["king", "queen"]
+
+    with pytest.raises(TypeError, match="ConceptPairs"):
+        harvest_shifts(tiny_model, OnlySources(), "blocks.0.hook_resid_post")
+
+
 def test_bad_position_and_hook_shape(tiny_model):
     with pytest.raises(ValueError, match="Unknown position 'first'"):
         harvest_shifts(tiny_model, (SOURCES, TARGETS), "blocks.0.hook_resid_post", "first")

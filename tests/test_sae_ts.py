@@ -301,6 +301,30 @@ def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_s
         )  # fmt: skip
 
 
+def test_temperature_reaches_the_sampler(tiny_model, tiny_sae):
+    # the same seed, so the same uniforms: only the temperature can change the rollouts
+    dirs = unit_directions(2, seed=6)
+    sampled = dict(do_sample=True, n_samples=2, max_new_tokens=4, seed=3)
+    cool = effects(tiny_model, tiny_sae, dirs, temperature=0.2, **sampled)
+    again = effects(tiny_model, tiny_sae, dirs, temperature=0.2, **sampled)
+    hot = effects(tiny_model, tiny_sae, dirs, temperature=5.0, **sampled)
+    torch.testing.assert_close(cool, again, atol=0, rtol=0)
+    assert not torch.allclose(cool, hot)
+
+
+def test_effect_cache_key_covers_the_pad_token(tiny_model, tiny_sae, tmp_path):
+    dirs = unit_directions(2, seed=5)
+    effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
+    tokenizer = tiny_model.tokenizer
+    pad = tokenizer.pad_token
+    tokenizer.pad_token_id = next(i for i in (1, 2, 3) if i != tokenizer.pad_token_id)
+    try:
+        with pytest.raises(ValueError, match=r"settings\.pad_token_id differ"):
+            effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
+    finally:
+        tokenizer.pad_token = pad
+
+
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
     with pytest.raises(ValueError, match="not both"):
         effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=8)
@@ -540,6 +564,93 @@ def test_effect_model_save_load_roundtrip(tmp_path):
         EffectModel.load(tmp_path / "missing")
 
 
+def test_adam_fit_reaches_the_closed_form_minimum_of_its_objective():
+    # The Adam objective mean((s W + b - y)^2) + decay |W|^2 / 2, the mean over n * d_sae
+    # entries, has its minimum where (Xc^T Xc + decay * n * d_sae / 2 * I) W = Xc^T Yc (centred
+    # data; b = mean(y) - mean(s) W). A heavy decay makes the factor 1/2 matter.
+    s, y, _, _ = synthetic_pairs(n=40, d=3, d_sae=2, noise=0.3)
+    decay = 0.5
+    model, _ = EffectModel.fit(s, y, method="adam", weight_decay=decay, steps=3000, lr=1e-2,
+                               test_fraction=0.0)  # fmt: skip
+    xs, ys = s.double().numpy(), y.double().numpy()
+    xc, yc = xs - xs.mean(0), ys - ys.mean(0)
+    w = np.linalg.solve(xc.T @ xc + decay * 40 * 2 / 2 * np.eye(3), xc.T @ yc)
+    b = ys.mean(0) - xs.mean(0) @ w
+    np.testing.assert_allclose(model.W.numpy(), w, atol=2e-3)
+    np.testing.assert_allclose(model.b.numpy(), b, atol=2e-3)
+
+
+def test_adam_fit_leaves_the_global_rng_alone_and_depends_only_on_its_seed():
+    s, y, _, _ = synthetic_pairs(n=30, d=4, d_sae=3)
+    state = torch.get_rng_state()
+    first, _ = EffectModel.fit(s, y, method="adam", steps=5, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)  # another global state: the same fit
+    second, _ = EffectModel.fit(s, y, method="adam", steps=5, seed=3)
+    assert torch.equal(first.W, second.W) and torch.equal(first.b, second.b)
+
+
+def test_fit_report_per_feature_r2_is_nan_where_the_held_out_effect_is_constant():
+    s, y, _, _ = synthetic_pairs(n=50, d=8, d_sae=4, noise=0.5)
+    test = torch.randperm(50, generator=torch.Generator().manual_seed(4))[:10]
+    y[test, 2] = 7.0  # feature 2 does not vary on the held-out split (it does in training)
+    model, report = EffectModel.fit(s, y, test_fraction=0.2, seed=4, weight_decay=0.01)
+    assert report.method == "ridge" and (report.n_train, report.n_test) == (40, 10)
+    resid = (y[test] - model.predict(s[test])).double()
+    centred = (y[test] - y[test].mean(0)).double()
+    sse, sst = (resid**2).sum(0), (centred**2).sum(0)
+    assert float(sse[2]) > 0  # the fit misses the constant: only the NaN guards it
+    for j in (0, 1, 3):
+        assert float(report.r2_per_feature[j]) == pytest.approx(float(1 - sse[j] / sst[j]),
+                                                                abs=1e-5)  # fmt: skip
+    assert math.isnan(float(report.r2_per_feature[2]))
+    # the pooled R^2 sums both over the features, the constant one included
+    assert report.r2 == pytest.approx(float(1 - sse.sum() / sst.sum()), abs=1e-5)
+    # every held-out effect constant: no pooled R^2 either
+    y[test] = 7.0
+    _, flat = EffectModel.fit(s, y, test_fraction=0.2, seed=4, method="adam", steps=5)
+    assert flat.method == "adam"
+    assert math.isnan(flat.r2) and torch.isnan(flat.r2_per_feature).all()
+    assert flat.test_mse > 0
+
+
+def test_fit_needs_two_training_rows_and_records_its_provenance():
+    s, y, _, _ = synthetic_pairs(n=3, d=2, d_sae=2)
+    with pytest.raises(ValueError, match="Too few pairs"):
+        EffectModel.fit(s, y, test_fraction=0.5)  # 2 held out, 1 left to fit
+    with pytest.raises(ValueError, match="Too few pairs"):
+        EffectModel.fit(s[:1], y[:1], test_fraction=0.0)
+    model, report = EffectModel.fit(s, y, test_fraction=0.2, seed=7, weight_decay=0.3)
+    assert (report.n_train, report.n_test) == (2, 1)
+    assert model.provenance == dict(method="ridge", n_train=2, n_test=1, seed=7,
+                                    weight_decay=0.3)  # fmt: skip
+
+
+def test_cross_validation_picks_the_penalty_with_the_lowest_held_out_error():
+    # Noise-free effects with a large shared effect b = -m W and directions clustered around
+    # m: the unpenalised fit predicts every fold exactly, a penalised one moves b and misses.
+    g = torch.Generator().manual_seed(0)
+    m = torch.full((2,), 3.0)
+    s = m + 0.1 * torch.randn(60, 2, generator=g)
+    w = torch.randn(2, 3, generator=g)
+    y = (s - m) @ w
+    model, _ = EffectModel.fit(s, y, weight_decay=[1.0, 0.0, 10.0], test_fraction=0.0)
+    assert model.provenance["weight_decay"] == 0.0
+    # d_model (2) below the number of folds is fine; fewer training pairs than folds is not
+    with pytest.raises(ValueError, match="needs >= 5 training pairs"):
+        EffectModel.fit(torch.randn(4, 8, generator=g), torch.randn(4, 3, generator=g),
+                        weight_decay=[0.0, 1.0], test_fraction=0.0)  # fmt: skip
+
+
+def test_save_overwrites_a_model_in_an_existing_folder(tmp_path):
+    s, y, _, _ = synthetic_pairs(n=40)
+    first, _ = EffectModel.fit(s, y, weight_decay=0.0)
+    second, _ = EffectModel.fit(s, y, weight_decay=10.0)
+    first.save(tmp_path / "fit")
+    second.save(tmp_path / "fit")
+    assert torch.equal(EffectModel.load(tmp_path / "fit").W, second.W)
+
+
 # ---------------------------------------------------------------------------- targeted vectors
 def hand_example() -> tuple[EffectModel, StandardSAE]:
     """Feature 0 is caused by e0 only; e1 causes feature 2; every vector shares b = 0.5 e2.
@@ -729,6 +840,44 @@ def test_rotation_vector_reaches_a_feature_without_effect_data():
     assert cosine(mix, (0.5 * decoder[5] + 0.5 * decoder[9]) @ rotation) > 0.999
     with pytest.warns(UserWarning, match="not unique"):
         decoder_rotation(effect_model, sae, fitted_features=[0, 1, 2])
+
+
+def test_decoder_rotation_ignores_the_norms_of_decoder_rows_and_effect_columns():
+    # R is fitted on unit rows and unit columns: rescaling decoder rows or columns of W
+    # changes nothing. Noisy effects, so that a weighted fit would give another R.
+    effect_model, sae, decoder, _ = rotated_decoder_example(noise=0.3)
+    unit_r = decoder_rotation(effect_model, sae)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(24, 1, generator=g) * 5 + 0.1)
+    torch.testing.assert_close(decoder_rotation(effect_model, sae), unit_r, atol=1e-5, rtol=0)
+    unit_w = effect_model.W / effect_model.W.norm(dim=0).clamp_min(1e-12)
+    unit_model = EffectModel(unit_w, effect_model.b, hook_name=HOOK)
+    torch.testing.assert_close(decoder_rotation(unit_model, sae), unit_r, atol=1e-5, rtol=0)
+    # and R is the Procrustes solution of the unit rows: no orthogonal matrix does better
+    fitted = [j for j in range(24) if j != 5]
+    d_f, u_f = decoder[fitted], unit_w.T[fitted]
+    best = float((d_f @ unit_r - u_f).norm())
+    for seed in range(200):
+        q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(seed)))
+        near = torch.linalg.qr(unit_r + 0.05 * q)[0]  # orthogonal matrices near R
+        near = near * torch.sign(torch.diagonal(near.T @ unit_r))  # same column signs
+        assert float((d_f @ near - u_f).norm()) >= best - 1e-5
+
+
+def test_pinv_vector_with_a_partial_bias_weight_and_its_provenance():
+    true, _ = known_effect_model()
+    t = torch.tensor([1.0, 0, 0, -0.5, 0, 0])
+    v = pinv_vector(true, {0: 1.0, 3: -0.5}, bias_weight=0.25)
+    rhs = (t / t.norm() - 0.25 * true.b).double()
+    x = torch.linalg.lstsq(true.W.T.double(), rhs[:, None], driver="gelsd").solution[:, 0]
+    torch.testing.assert_close(v.direction.double(), x / x.norm(), atol=1e-6, rtol=0)
+    assert v.provenance["bias_weight"] == 0.25
+    assert v.provenance["effect_model"] == true.provenance
+    fit_provenance = dict(method="ridge", n_train=9, n_test=1, seed=0, weight_decay=0.0)
+    fitted = EffectModel(true.W, true.b, hook_name=HOOK, provenance=fit_provenance)
+    for make in (sae_ts_vector, pinv_vector):
+        assert make(fitted, [0]).provenance["effect_model"] == fit_provenance
 
 
 def test_dense_and_sparse_targets_give_the_same_vectors():

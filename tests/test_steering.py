@@ -33,6 +33,7 @@ from ssae_lens.steering import (
     steer,
     steer_rows,
 )
+from ssae_lens.steering.apply import _Step
 
 HOOK = "blocks.1.hook_resid_pre"
 PROMPTS = ["The cat sat on the mat", "I love this movie"]
@@ -365,6 +366,49 @@ def test_steer_rows_needs_one_direction_per_row(model):
     assert_clean(model)
 
 
+@pytest.mark.parametrize("operator", ["ablate_then_add", "projection_cap"])
+def test_projection_operators_use_each_rows_own_direction_norm(model, operator):
+    # rows of norms 1 and 2.5 (a unit row too: only a zero row is refused)
+    directions = torch.stack([unit(32, 6), 2.5 * unit(32, 7)])
+    scales = [0.5, -0.3]
+    tokens = model.to_tokens(PROMPTS)
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    with steer_rows(model, directions, HOOK, scales=scales, operator=operator):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    for b in range(2):
+        x, v, s = plain[HOOK][b], directions[b], scales[b]
+        u = v / v.norm()
+        projection = x @ u
+        if operator == "ablate_then_add":
+            expected = x - projection[:, None] * u + s * v
+        else:
+            expected = x - (projection - s).clamp_min(0)[:, None] * u
+        torch.testing.assert_close(steered[HOOK][b], expected, atol=1e-5, rtol=1e-5)
+    assert_clean(model)
+
+
+def test_non_additive_operators_refuse_a_zero_direction(model):
+    directions = torch.stack([unit(32, 6), torch.zeros(32)])
+    for operator in ("ablate_then_add", "projection_cap"):
+        with (
+            pytest.raises(ValueError, match="needs a non-zero direction"),
+            steer_rows(model, directions, HOOK, operator=operator),
+        ):
+            pass
+    with steer_rows(model, directions, HOOK, operator="add"):  # adding zero is fine
+        pass
+    assert_clean(model)
+
+
+def test_a_raw_tensor_without_a_scale_is_added_once(model):
+    v = unit(32, 8)
+    tokens = model.to_tokens(PROMPTS[0])
+    _, plain = model.run_with_cache(tokens, names_filter=HOOK)
+    with steer(model, Steering(v, hook_name=HOOK)):
+        _, steered = model.run_with_cache(tokens, names_filter=HOOK)
+    torch.testing.assert_close(steered[HOOK], plain[HOOK] + v, atol=1e-5, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------- hook hygiene
 def test_hooks_removed_after_exception_and_nesting(model, vector):
     with pytest.raises(KeyError), steer(model, vector):
@@ -385,6 +429,32 @@ def test_hooks_removed_after_exception_and_nesting(model, vector):
     assert "generate" in model.__dict__ and model.hook_dict[other.hook_name].fwd_hooks
     handle_b.remove()
     assert_clean(model)
+
+
+def test_an_instance_level_generate_is_wrapped_and_restored(model, vector, monkeypatch):
+    calls = []
+
+    def custom(*args, **kwargs):
+        calls.append(args)
+        return "custom"
+
+    monkeypatch.setitem(model.__dict__, "generate", custom)
+    for _ in range(2):  # and again after the first steering is removed
+        with steer(model, vector):
+            assert model.generate is not custom  # the steering wrapper, around ours
+            assert model.generate("x") == "custom"
+        assert model.__dict__["generate"] is custom
+    assert calls == [("x",), ("x",)]
+
+
+def test_a_mask_of_only_the_new_columns_counts_the_cached_ones_as_real():
+    # _Step with 3 cached columns and a [batch, n] mask of the 2 new ones: the cached
+    # columns are real tokens, so row 1 (its first new column padding) has indices 2, 3.
+    step = _Step(3, 2, torch.tensor([[1, 1], [0, 1]]), prompt_len=3, device="cpu")
+    assert step.batch == 2
+    assert step.valid.tolist() == [[True, True], [False, True]]
+    assert step.real_index.tolist() == [[3, 4], [2, 3]]
+    assert step.prompt_real_len.tolist() == [3, 3]
 
 
 def test_nan_producing_scale_is_reported_not_generated(model, vector):
