@@ -325,6 +325,60 @@ def test_effect_cache_key_covers_the_pad_token(tiny_model, tiny_sae, tmp_path):
         tokenizer.pad_token = pad
 
 
+def test_top_k_reaches_the_sampler(tiny_model, tiny_sae):
+    # the same seed and temperature: top-1 sampling is greedy decoding, the full vocabulary is not
+    dirs = unit_directions(2, seed=6)
+    sampled = dict(do_sample=True, n_samples=1, max_new_tokens=4, seed=3, temperature=2.0)
+    greedy = effects(tiny_model, tiny_sae, dirs, do_sample=False, max_new_tokens=4)
+    top1 = effects(tiny_model, tiny_sae, dirs, top_k=1, **sampled)
+    full = effects(tiny_model, tiny_sae, dirs, top_k=None, **sampled)
+    torch.testing.assert_close(top1, greedy, atol=1e-6, rtol=0)
+    assert not torch.allclose(full, greedy)
+
+
+def test_effect_cache_key_covers_the_rollout_protocol_and_the_directions(
+    tiny_model, tiny_sae, tmp_path
+):
+    # positions, top-k and the directions themselves change the effects: a cache made with other
+    # ones must be refused, never served
+    dirs = unit_directions(2, seed=5)
+    sampled = dict(do_sample=True, max_new_tokens=2, chunk_size=2, cache_dir=tmp_path)
+    effects(tiny_model, tiny_sae, dirs, **sampled)
+    for key, change in {"positions": dict(positions="generated"), "top_k": dict(top_k=3)}.items():
+        with pytest.raises(ValueError, match=rf"settings\.{key} differ"):
+            effects(tiny_model, tiny_sae, dirs, **sampled, **change)
+    other = dirs.clone()
+    other[1] = -other[1]  # same scales, same count: only a direction differs
+    with pytest.raises(ValueError, match=r"settings\.directions_checksum differ"):
+        effects(tiny_model, tiny_sae, other, **sampled)
+
+
+def test_a_prompt_exactly_total_tokens_long_leaves_none_to_generate(tiny_model, tiny_sae):
+    n = tiny_model.to_tokens(PROMPTS[0]).shape[1]
+    one = effects(tiny_model, tiny_sae, unit_directions(1), prompts=PROMPTS[:1],
+                  max_new_tokens=None, total_tokens=n + 1)  # fmt: skip
+    assert one.shape == (1, 32)  # one token to generate is enough
+    with pytest.raises(ValueError, match="leaves none to generate"):
+        effects(tiny_model, tiny_sae, unit_directions(1), prompts=PROMPTS[:1],
+                max_new_tokens=None, total_tokens=n)  # fmt: skip
+
+
+def test_batch_and_chunk_sizes_are_each_checked(tiny_model, tiny_sae):
+    for bad in (dict(batch_size=0), dict(chunk_size=0)):
+        with pytest.raises(ValueError, match="batch_size and chunk_size must be >= 1"):
+            effects(tiny_model, tiny_sae, unit_directions(1), **bad)
+
+
+def test_a_cached_run_refuses_hooks_on_the_sae(tiny_model, tiny_sae, tmp_path):
+    # a hook on the SAE would change the cached features behind the cache key's back
+    tiny_sae.hook_sae_acts_post.add_hook(lambda act, hook: act * 0)
+    try:
+        with pytest.raises(RuntimeError, match="hook"):
+            effects(tiny_model, tiny_sae, unit_directions(1), cache_dir=tmp_path)
+    finally:
+        tiny_sae.reset_hooks()
+
+
 def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
     with pytest.raises(ValueError, match="not both"):
         effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=8)
