@@ -281,7 +281,9 @@ def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
         effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
 
 
-def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_sae, tmp_path):
+def test_effect_cache_key_covers_the_sampling_protocol_hook_and_directions(
+    tiny_model, tiny_sae, tmp_path
+):
     # each of these changes the effects, so a cache made without it must be refused
     dirs = unit_directions(2, seed=5)
     effects(tiny_model, tiny_sae, dirs, chunk_size=2, cache_dir=tmp_path, max_new_tokens=2)
@@ -290,6 +292,8 @@ def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_s
         "do_sample": dict(do_sample=True),
         "temperature": dict(temperature=0.5),
         "hook_name": dict(hook_name="blocks.0.hook_resid_post"),
+        "positions": dict(positions="generated"),
+        "top_k": dict(top_k=3),
     }
     for key, change in changed.items():
         with pytest.raises(ValueError, match=rf"settings\.{key} differ"):
@@ -299,6 +303,10 @@ def test_effect_cache_key_covers_seed_sampling_hook_and_scale(tiny_model, tiny_s
             tiny_model, tiny_sae, dirs, 2.0, prompts=PROMPTS, n_samples=1, max_new_tokens=2,
             do_sample=False, batch_size=8, cache_dir=tmp_path,
         )  # fmt: skip
+    other = dirs.clone()
+    other[1] = -other[1]  # same scales, same count: only a direction differs
+    with pytest.raises(ValueError, match=r"settings\.directions_checksum differ"):
+        effects(tiny_model, tiny_sae, other, cache_dir=tmp_path, max_new_tokens=2)
 
 
 def test_temperature_reaches_the_sampler(tiny_model, tiny_sae):
@@ -334,23 +342,6 @@ def test_top_k_reaches_the_sampler(tiny_model, tiny_sae):
     full = effects(tiny_model, tiny_sae, dirs, top_k=None, **sampled)
     torch.testing.assert_close(top1, greedy, atol=1e-6, rtol=0)
     assert not torch.allclose(full, greedy)
-
-
-def test_effect_cache_key_covers_the_rollout_protocol_and_the_directions(
-    tiny_model, tiny_sae, tmp_path
-):
-    # positions, top-k and the directions themselves change the effects: a cache made with other
-    # ones must be refused, never served
-    dirs = unit_directions(2, seed=5)
-    sampled = dict(do_sample=True, max_new_tokens=2, chunk_size=2, cache_dir=tmp_path)
-    effects(tiny_model, tiny_sae, dirs, **sampled)
-    for key, change in {"positions": dict(positions="generated"), "top_k": dict(top_k=3)}.items():
-        with pytest.raises(ValueError, match=rf"settings\.{key} differ"):
-            effects(tiny_model, tiny_sae, dirs, **sampled, **change)
-    other = dirs.clone()
-    other[1] = -other[1]  # same scales, same count: only a direction differs
-    with pytest.raises(ValueError, match=r"settings\.directions_checksum differ"):
-        effects(tiny_model, tiny_sae, other, **sampled)
 
 
 def test_a_prompt_exactly_total_tokens_long_leaves_none_to_generate(tiny_model, tiny_sae):
