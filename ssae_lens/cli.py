@@ -551,6 +551,7 @@ def _measure_effects(
     from ssae_lens._core.cache import dictionary_fingerprint, model_fingerprint, tensor_digest
     from ssae_lens.data import attribute_texts
     from ssae_lens.sae_ts import EFFECT_PROMPTS, EffectData, calibrate_scales, effect_directions
+    from ssae_lens.sae_ts.calibration import DEFAULT_LOSS_INCREASE
 
     e = cfg.effects
     first = list(dict.fromkeys([*e.features, *(f for t in cfg.sae_ts.targets.values() for f in t)]))
@@ -592,7 +593,7 @@ def _measure_effects(
         goal = (
             f"reaches {e.target_loss} nats"
             if e.target_loss is not None
-            else f"rises by {e.target_loss_increase or 0.5} nats"
+            else f"rises by {e.target_loss_increase or DEFAULT_LOSS_INCREASE} nats"
         )
         what = f"the LM loss on {len(texts)} reference texts {goal}"
         if e.calibrate == "each":

@@ -19,7 +19,10 @@ from ssae_lens.distributed import compute_chunks
 from ssae_lens.sae_ts._checks import check_directions
 from ssae_lens.steering import steer_rows
 
-__all__ = ["calibrate_scales", "interpolate_scales"]
+__all__ = ["DEFAULT_LOSS_INCREASE", "calibrate_scales", "interpolate_scales"]
+
+DEFAULT_LOSS_INCREASE = 0.5
+"""The target rise of the LM loss, in nats, when neither target is given."""
 
 _CACHE_FORMAT = 2  # 2: a sweep stops at its first crossing (NaN after it)
 
@@ -79,7 +82,7 @@ def calibrate_scales(
             f"loss), not both; got {target_loss} and {target_loss_increase}."
         )
     if target_loss is None and target_loss_increase is None:
-        target_loss_increase = 0.5
+        target_loss_increase = DEFAULT_LOSS_INCREASE
     tokens, mask = _right_padded(model, texts)
     precision = resolve_precision(model, precision)
     if scales is None:
