@@ -21,12 +21,18 @@ speed, greedy token agreement with float32, and the max |logit| difference on th
 pass.
 
     nice -n 10 python benchmarks/generation.py [--batch 16] [--new-tokens 32] [--repeats 3]
+
+``--precision-rows 8,32,128`` instead times float32 against bfloat16 generation alone (greedy
+and top-k 50 sampled, ``--backend hooked`` or ``bridge``) at each number of rows, interleaved,
+and writes ``generation_precision_<backend>.md``: how the bfloat16 speed-up grows with the
+rows a decode step shares its weight reads among.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -84,8 +90,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sweep-batches", default="64", help="more batch sizes (comma list)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--precision-rows", default="", help="only the float32-vs-bfloat16 sweep (comma list)"
+    )
+    parser.add_argument("--backend", default="hooked", choices=("hooked", "bridge"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.precision_rows:
+        precision_by_rows(args)
+        return
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.batch)]
     n_new = args.new_tokens
 
@@ -200,6 +213,66 @@ def main() -> None:
 
     report = write_report(args, n_tokens, tokens.shape[1], speed, sweep, steps, precision)
     print(report)
+
+
+def precision_by_rows(args: argparse.Namespace) -> None:
+    """float32 vs bfloat16 ``generate_tokens`` at each of ``--precision-rows`` rows."""
+    models = {
+        p: load_model("gemma-3-270m", backend=args.backend, precision=p)
+        for p in ("float32", "bfloat16")
+    }
+    n_new, table, load_before = args.new_tokens, {}, os.getloadavg()[0]
+    for rows in [int(b) for b in args.precision_rows.split(",")]:
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
+        methods = {
+            f"{p} {mode}": (
+                lambda m=m, prompts=prompts, sample=mode == "top-k 50": generate_tokens(
+                    m, prompts, n_new, do_sample=sample, top_k=50 if sample else None, seed=0
+                )
+            )
+            for mode in ("greedy", "top-k 50")
+            for p, m in models.items()
+        }
+        timing = interleaved(methods, args.repeats)
+        table[rows] = {
+            "timing": timing,
+            **{
+                f"{mode} {clock}": timing[f"float32 {mode}"][f"{clock}_s"]
+                / timing[f"bfloat16 {mode}"][f"{clock}_s"]
+                for mode in ("greedy", "top-k 50")
+                for clock in ("wall", "cpu")
+            },
+        }
+        print(rows, json.dumps(table[rows], indent=2), flush=True)
+    lines = [
+        f"# bfloat16 generation speed-up by rows, Gemma-3-270M ({args.backend} backend, CPU)",
+        "",
+        f"Command: `python benchmarks/generation.py --precision-rows {args.precision_rows} "
+        f"--backend {args.backend} --new-tokens {n_new} --repeats {args.repeats} --threads "
+        f"{args.threads}`; `generate_tokens` with the model loaded in float32 and in bfloat16 "
+        f"(`load_model(precision=...)`), {n_new} new tokens after prompts of <= 8 tokens, "
+        "medians of interleaved runs (one warm-up each), measured in this run; speed-up = "
+        "float32 time / bfloat16 time. 1-minute load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; CPU time, this "
+        "process's, is the steadier clock on a loaded machine).",
+        "",
+        "| rows | float32 greedy s (wall) | greedy speed-up (wall / CPU) "
+        "| top-k 50 speed-up (wall / CPU) |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rows, t in table.items():
+        lines.append(
+            f"| {rows} | {t['timing']['float32 greedy']['wall_s']:.1f} | "
+            f"{t['greedy wall']:.2f}x / {t['greedy cpu']:.2f}x | "
+            f"{t['top-k 50 wall']:.2f}x / {t['top-k 50 cpu']:.2f}x |"
+        )
+    text = "\n".join([*lines, ""])
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"generation_precision_{args.backend}"
+    write_text_atomic(args.out / f"{stem}.md", text)
+    payload = dict(args={k: str(v) for k, v in vars(args).items()}, rows=table)
+    write_text_atomic(args.out / f"{stem}.json", json.dumps(payload, indent=2))
 
 
 @torch.inference_mode()
