@@ -236,10 +236,13 @@ def test_effect_cache_resumes_after_interruption(tiny_model, tiny_sae, tmp_path,
         effects(tiny_model, tiny_sae, dirs, chunk_size=1, cache_dir=tmp_path, max_new_tokens=4)
 
 
-def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
-    from conftest import build_tiny_model
+def test_effect_cache_cannot_lie(
+    tiny_model, tiny_tokenizer, tmp_path, tmp_path_factory, monkeypatch
+):
+    from conftest import TOKENIZER_CORPUS, build_tiny_model
 
     from ssae_lens._core.cache import CacheWarning
+    from ssae_lens.testing import bpe_tokenizer
 
     dirs = unit_directions(2, seed=4)
     sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=32))
@@ -272,6 +275,14 @@ def test_effect_cache_cannot_lie(tiny_model, tiny_tokenizer, tmp_path):
     other = build_tiny_model(tiny_tokenizer, seed=9)
     with pytest.raises(ValueError, match=r"settings\.model differ"):
         effects(other, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+    # The tokenizer is not in the model's fingerprint: one of the same size with fewer merges
+    # starts the rollouts from other token ids, with the same weights.
+    fewer_merges = bpe_tokenizer(str(tmp_path_factory.mktemp("tok")), TOKENIZER_CORPUS, 300)
+    assert fewer_merges(PROMPTS[1]).input_ids != tiny_tokenizer(PROMPTS[1]).input_ids
+    monkeypatch.setattr(tiny_model, "tokenizer", fewer_merges)
+    with pytest.raises(ValueError, match=r"\(settings\.prompt_tokens differ\)"):
+        effects(tiny_model, sae, dirs, chunk_size=1, cache_dir=tmp_path)
+    monkeypatch.undo()
 
     # Steering already on the model would be measured into every effect: refused.
     with (
@@ -294,10 +305,13 @@ def test_effect_cache_key_covers_the_sampling_protocol_hook_and_directions(
         "hook_name": dict(hook_name="blocks.0.hook_resid_post"),
         "positions": dict(positions="generated"),
         "top_k": dict(top_k=3),
+        "total_tokens": dict(total_tokens=16, max_new_tokens=None),
     }
     for key, change in changed.items():
         with pytest.raises(ValueError, match=rf"settings\.{key} differ"):
-            effects(tiny_model, tiny_sae, dirs, cache_dir=tmp_path, max_new_tokens=2, **change)
+            effects(
+                tiny_model, tiny_sae, dirs, cache_dir=tmp_path, **{"max_new_tokens": 2, **change}
+            )
     with pytest.raises(ValueError, match=r"settings\.directions_checksum differ"):
         measure_effects(
             tiny_model, tiny_sae, dirs, 2.0, prompts=PROMPTS, n_samples=1, max_new_tokens=2,
@@ -383,6 +397,10 @@ def test_measure_effects_rejects_bad_input(tiny_model, tiny_sae):
         effects(tiny_model, tiny_sae, unit_directions(1), n_samples=2)
     with pytest.raises(ValueError, match="one per direction"):
         measure_effects(tiny_model, tiny_sae, unit_directions(2), [1.0, 2.0, 3.0], prompts=PROMPTS)
+    with pytest.raises(ValueError, match=r"^measure_effects needs at least one prompt\.$"):
+        effects(tiny_model, tiny_sae, unit_directions(1), prompts=[])
+    with pytest.raises(ValueError, match="total_tokens must be a positive integer, got 0"):
+        effects(tiny_model, tiny_sae, unit_directions(1), total_tokens=0, max_new_tokens=None)
 
 
 # ---------------------------------------------------------------------------- calibration
@@ -747,6 +765,8 @@ def test_side_effect_ratio_definition():
         side_effect_ratio(y, {0: 0.0})
     with pytest.raises(IndexError, match="out of range"):
         side_effect_ratio(y, [7])
+    with pytest.raises(ValueError, match="Every feature is a target: there are no side effects"):
+        side_effect_ratio(y, [0, 1, 2, 3, 4])
 
 
 # ------------------------------------------------- the three solves on a known linear model

@@ -9,6 +9,7 @@ columns a selector should edit. Its logits at column ``P - 1 + k`` must equal th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 
@@ -180,8 +181,13 @@ def test_generated_positions_leave_the_prompt_unsteered(request, model, vector):
     assert not torch.allclose(steered.logits[1], unsteered.logits[1])
 
 
-def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(request, model, vector):
-    """run_with_cache on an empty KV cache is the prompt; later calls are generated tokens."""
+@pytest.mark.parametrize("prefill_steered", [True, False])
+def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(
+    request, model, vector, prefill_steered
+):
+    """run_with_cache on an empty KV cache is the prompt; later calls are generated tokens,
+    also when the prompt went into the cache before steering began (its columns then count
+    as the prompt)."""
     require_kv_cache(request, model)
     if isinstance(model, TransformerBridge):  # a Hugging Face cache, no attention mask
         from transformers import DynamicCache
@@ -198,8 +204,13 @@ def test_manual_kv_cache_prefill_is_prompt_and_continuation_is_generated(request
     tokens = model.to_tokens(PROMPTS[0])
     _, plain = model.run_with_cache(tokens)
     next_token = plain["blocks.2.hook_resid_post"][:, -1:].new_tensor([[5]]).long()
-    with steer(model, vector, scale=SCALE, positions="generated"):
+    steering = steer(model, vector, scale=SCALE, positions="generated")
+    with contextlib.ExitStack() as stack:
+        if prefill_steered:
+            stack.enter_context(steering)
         _, prefill = model.run_with_cache(tokens, **kv)
+        if not prefill_steered:
+            stack.enter_context(steering)
         decode_logits = model(next_token, **kv)
     for name in plain:
         torch.testing.assert_close(prefill[name], plain[name], atol=1e-5, rtol=1e-5)
@@ -357,12 +368,25 @@ def test_steer_rows_equals_each_row_alone(request, model):
     assert_clean(model)
 
 
-def test_steer_rows_needs_one_direction_per_row(model):
+PER_ROW = {  # three rows of something for a batch of two
+    "directions": lambda m, v, width: steer_rows(m, torch.randn(3, 32), HOOK),
+    "scales": lambda m, v, width: steer(m, v, scale=[1.0, 2.0, 3.0]),
+    "position mask rows": lambda m, v, width: steer(
+        m, v, positions=torch.ones(3, width, dtype=torch.bool)
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(PER_ROW))
+def test_per_row_settings_need_one_row_per_batch_row(model, vector, what):
+    tokens = model.to_tokens(PROMPTS)
     with (
-        steer_rows(model, torch.randn(3, 32), HOOK),
-        pytest.raises(ValueError, match="3 directions but the batch has 2 rows"),
+        PER_ROW[what](model, vector, tokens.shape[1]),
+        pytest.raises(
+            ValueError, match=f"Steering at '{HOOK}' has 3 {what} but the batch has 2 rows"
+        ),
     ):
-        model(model.to_tokens(PROMPTS))
+        model(tokens)
     assert_clean(model)
 
 
@@ -400,11 +424,17 @@ def test_non_additive_operators_refuse_a_zero_direction(model):
     assert_clean(model)
 
 
-def test_a_raw_tensor_without_a_scale_is_added_once(model):
+@pytest.mark.parametrize("how", ["steer", "steer_rows"])
+def test_a_raw_tensor_without_a_scale_is_added_once(model, how):
     v = unit(32, 8)
     tokens = model.to_tokens(PROMPTS[0])
     _, plain = model.run_with_cache(tokens, names_filter=HOOK)
-    with steer(model, Steering(v, hook_name=HOOK)):
+    steering = (
+        steer(model, Steering(v, hook_name=HOOK))
+        if how == "steer"
+        else steer_rows(model, v[None], HOOK)
+    )
+    with steering:
         _, steered = model.run_with_cache(tokens, names_filter=HOOK)
     torch.testing.assert_close(steered[HOOK], plain[HOOK] + v, atol=1e-5, rtol=1e-5)
 
@@ -429,6 +459,22 @@ def test_hooks_removed_after_exception_and_nesting(model, vector):
     assert "generate" in model.__dict__ and model.hook_dict[other.hook_name].fwd_hooks
     handle_b.remove()
     assert_clean(model)
+
+
+def test_repr_shows_the_vector_hook_scale_positions_and_state(model, vector):
+    handle = apply_steering(model, vector, scale=2.5, positions="prompt")
+    assert repr(handle) == (
+        f"SteeringHandle(active, [steer(raw vector at {HOOK!r}, scale=2.5, "
+        "positions=prompt, operator='add')])"
+    )
+    handle.remove()
+    assert repr(handle).startswith("SteeringHandle(removed, ")
+    per_row = Steering(torch.ones(2, 32), scale=[1.0, 2.0], positions=[0], hook_name=HOOK)
+    with steer(model, per_row) as rows:
+        assert repr(rows.interventions[0]) == (
+            f"steer(2 per-row directions at {HOOK!r}, scale=2 per-row scales, "
+            "positions=custom, operator='add')"
+        )
 
 
 def test_an_instance_level_generate_is_wrapped_and_restored(model, vector, monkeypatch):
@@ -458,11 +504,40 @@ def test_a_mask_of_only_the_new_columns_counts_the_cached_ones_as_real():
 
 
 def test_nan_producing_scale_is_reported_not_generated(model, vector):
-    with pytest.raises(FloatingPointError, match="NaN/inf"), steer(model, vector, scale=1e39):
+    with (
+        pytest.raises(FloatingPointError, match=r"produced NaN/inf activations .* smaller scale"),
+        steer(model, vector, scale=1e39),
+    ):
         model.generate(PROMPTS, max_new_tokens=3, do_sample=False, verbose=False)
     assert_clean(model)
     with pytest.raises(ValueError, match="finite"), steer(model, vector, scale=float("nan")):
         pass
+    assert_clean(model)
+
+
+def test_non_finite_activations_before_steering_are_blamed_on_the_model(model, vector):
+    tokens = model.to_tokens(PROMPTS[0])
+
+    def poison(act, hook):
+        return torch.full_like(act, float("nan"))
+
+    with (
+        pytest.raises(FloatingPointError, match="already non-finite before steering"),
+        model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", poison)]),
+        steer(model, vector),
+    ):
+        model(tokens)
+    assert_clean(model)
+    if isinstance(model, TransformerBridge):
+        return  # its Gemma 3 RMS norms map a huge residual stream to 0, not to NaN
+    # finite steered activations (1e38 per entry) whose layer norm overflows: the logits check
+    with (
+        pytest.raises(
+            FloatingPointError, match=r"logits became NaN/inf .* Use a smaller scale \(if"
+        ),
+        steer(model, SteeringVector(torch.ones(32), HOOK), scale=1e38),
+    ):
+        model(tokens)
     assert_clean(model)
 
 
@@ -489,25 +564,93 @@ def test_all_finite_agrees_with_the_elementwise_check(dtype):
 
 
 # ---------------------------------------------------------------------------- bad input
-def test_bad_input_errors_name_the_fix(model, vector):
-    with pytest.raises(ValueError, match="width 31 .* has width 32"):
-        apply_steering(model, SteeringVector(torch.ones(31), HOOK))
-    with pytest.raises(ValueError, match="blocks.1.hook_resid_pre"):
-        apply_steering(model, SteeringVector(torch.ones(32), "blocks.1.hook_resid_per"))
-    with pytest.raises(ValueError, match="blocks.0.hook_resid_pre"):
-        apply_steering(model, SteeringVector(torch.ones(32), "hook_embed"))
-    with pytest.raises(ValueError, match="Unknown positions"):
-        apply_steering(model, vector, positions="decode")
-    with pytest.raises(ValueError, match="Unknown steering operator"):
-        apply_steering(model, vector, operator="multiply")
-    with pytest.raises(TypeError, match="hook point"):
-        apply_steering(model, torch.ones(32))
-    # widths not known from the config are checked when the activation arrives
+BAD_INPUT = {  # each error names the problem and the fix (or the accepted forms)
+    "wrong width": (
+        lambda m, v: apply_steering(m, SteeringVector(torch.ones(31), HOOK)),
+        ValueError,
+        "width 31 .* has width 32",
+    ),
+    "misspelt hook": (
+        lambda m, v: apply_steering(m, SteeringVector(torch.ones(32), "blocks.1.hook_resid_per")),
+        ValueError,
+        "blocks.1.hook_resid_pre",
+    ),
+    "embedding hook": (
+        lambda m, v: apply_steering(m, SteeringVector(torch.ones(32), "hook_embed")),
+        ValueError,
+        "blocks.0.hook_resid_pre",
+    ),
+    "positions name": (
+        lambda m, v: apply_steering(m, v, positions="decode"),
+        ValueError,
+        "Unknown positions",
+    ),
+    "operator": (
+        lambda m, v: apply_steering(m, v, operator="multiply"),
+        ValueError,
+        "Unknown steering operator",
+    ),
+    "bare tensor": (lambda m, v: apply_steering(m, torch.ones(32)), TypeError, "hook point"),
+    "nothing": (lambda m, v: apply_steering(m, []), ValueError, "No steering vectors given"),
+    "a hook name as vector": (
+        lambda m, v: apply_steering(m, [HOOK]),
+        TypeError,
+        "Expected SteeringVector or Steering, got str",
+    ),
+    "two hook points": (
+        lambda m, v: apply_steering(m, Steering(v, hook_name="blocks.0.hook_resid_post")),
+        ValueError,
+        "hook_name='blocks.0.hook_resid_post' differs from the vector's hook point "
+        "'blocks.1.hook_resid_pre'; leave hook_name unset",
+    ),
+    "tensor without hook": (
+        lambda m, v: apply_steering(m, Steering(torch.ones(32))),
+        ValueError,
+        "Steering with a raw tensor needs hook_name=",
+    ),
+    "3-D directions": (
+        lambda m, v: apply_steering(m, Steering(torch.ones(1, 2, 32), hook_name=HOOK)),
+        ValueError,
+        r"must be \(d,\) or \(batch, d\), got \(1, 2, 32\)",
+    ),
+    "1-D steer_rows": (
+        lambda m, v: steer_rows(m, torch.ones(32), HOOK),
+        ValueError,
+        r"steer_rows needs directions of shape \(batch, d\), got \(32,\)",
+    ),
+    "3-D mask": (
+        lambda m, v: apply_steering(m, v, positions=torch.ones(1, 1, 4, dtype=torch.bool)),
+        ValueError,
+        r"position mask must be \(pos,\) or \(batch, pos\), got \(1, 1, 4\)",
+    ),
+    "empty indices": (
+        lambda m, v: apply_steering(m, v, positions=[]),
+        TypeError,
+        "positions must be a name, a non-empty 1-D list of int token indices, or a boolean",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_errors_name_the_fix(model, vector, case):
+    call, error, message = BAD_INPUT[case]
+    with pytest.raises(error, match=message):
+        call(model, vector)
+    assert_clean(model)
+
+
+def test_a_width_known_only_from_the_activation_is_checked_when_it_arrives(model):
+    hook = "blocks.0.attn.hook_k"  # [batch, pos, key heads, d_head]: not in the config's widths
+    tokens = model.to_tokens(PROMPTS[0])
+    _, cache = model.run_with_cache(tokens, names_filter=hook)
+    width = cache[hook].flatten(2).shape[-1]
     with (
-        steer(model, SteeringVector(torch.ones(15), "blocks.0.attn.hook_k")),
-        pytest.raises(ValueError, match="width 15 but activations"),
+        steer(model, SteeringVector(torch.ones(15), hook)),
+        pytest.raises(
+            ValueError, match=f"width 15 but activations at '{hook}' have width {width} "
+        ),
     ):
-        model(model.to_tokens(PROMPTS[0]))
+        model(tokens)
     assert_clean(model)
 
 
