@@ -36,6 +36,11 @@ Steps (CPU-sized; every size is a config key and is written into the report):
     python benchmarks/sae_ts.py --config configs/benchmarks/sae_ts.yaml [--set n_decoder=256]
     python benchmarks/sae_ts.py --config configs/benchmarks/sae_ts.yaml --set candidates=8
     python benchmarks/sae_ts.py --set quick=true     # tiny sizes: a smoke run
+    torchrun --nproc_per_node=2 benchmarks/sae_ts.py --config configs/benchmarks/sae_ts.yaml
+
+Under ``torchrun`` the ranks share calibration, effects, harvesting and the evaluation
+sweeps (:func:`ssae_lens.distributed.compute_chunks`); rank 0 trains or loads the reference
+SAE and the card corpus first, and alone prints the laps and writes the outputs.
 
 Writes ``<out_dir>/<name>.md``, ``<name>.json``, ``<name>.png`` and ``<name>_config.yaml``
 (the config, to rerun with ``--config``); with ``candidates``, ``<name>_candidates.md``.
@@ -67,6 +72,7 @@ from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.activations import harvest_activations
 from ssae_lens.config import ReferenceSAESection, RunConfig, parse_config_args, save_config
 from ssae_lens.data.builtin import attribute_texts, language_pairs
+from ssae_lens.distributed import DistributedContext, current, main_first, process_group
 from ssae_lens.models import cache_root, load_model
 from ssae_lens.sae_ts import (
     EFFECT_PROMPTS,
@@ -282,14 +288,15 @@ def behaviour_scorer(task: str, kind: str, model, positive, negative):
 
 def main(argv: Sequence[str] | None = None) -> None:
     given = parse_config_args(SaeTsConfig, argv, description=__doc__.split("\n")[0])
-    with intra_op_threads(given.threads):
-        run(given)
+    with intra_op_threads(given.threads), process_group() as ctx:
+        run(given, ctx)
 
 
 class _Clock:
     """Named laps with the machine's load average at each (the machine is shared)."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: bool, world_size: int) -> None:
+        self.show, self.world_size = show, world_size
         self.timings: dict[str, float] = {}
         self.loads: list[float] = []
         self.start = self.last = time.perf_counter()
@@ -299,20 +306,25 @@ class _Clock:
         self.timings[name] = now - self.last
         self.last = now
         self.loads.append(os.getloadavg()[0])
-        print(f"[{name}] {self.timings[name]:.0f} s (load {self.loads[-1]:.1f})", flush=True)
+        if self.show:
+            print(f"[{name}] {self.timings[name]:.0f} s (load {self.loads[-1]:.1f})", flush=True)
 
 
-def run(given: SaeTsConfig) -> None:
-    """The benchmark with config ``given`` (the sizes used: ``given.sizes()``)."""
-    save_config(given, Path(given.out_dir) / f"{given.stem()}_config.yaml")
+def run(given: SaeTsConfig, ctx: DistributedContext | None = None) -> None:
+    """The benchmark with config ``given`` (the sizes used: ``given.sizes()``), sharing the
+    work with the other ranks of ``ctx`` (default: this process alone)."""
+    ctx = ctx or current()
+    if ctx.is_main:
+        save_config(given, Path(given.out_dir) / f"{given.stem()}_config.yaml")
     cfg = given.sizes()
     hook = cfg.hook_name
     cache = cache_root() / "benchmarks" / f"sae_ts-{effect_cache_key(cfg)}"  # resumable
-    clock = _Clock()
+    clock = _Clock(show=ctx.is_main, world_size=ctx.world_size)
 
     model = load_model(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision)
     clock.lap("load model")
-    sae = train_reference_sae(model, hook, seed=cfg.seed, device=cfg.device, **cfg.sae.kwargs())
+    with main_first(ctx, "the reference SAE"):
+        sae = train_reference_sae(model, hook, seed=cfg.seed, device=cfg.device, **cfg.sae.kwargs())
     sae_sha = dictionary_fingerprint(sae)
     clock.lap("reference SAE")
     if cfg.targets and cfg.targets_sae and not sae_sha.startswith(cfg.targets_sae):
@@ -322,9 +334,11 @@ def run(given: SaeTsConfig) -> None:
             "--set candidates=8 and choose them again.",
             stacklevel=1,
         )
-    card_corpus = _card_corpus(model, cfg, cache)
+    with main_first(ctx, "the card corpus"):
+        card_corpus = _card_corpus(model, cfg, cache)
     if cfg.candidates:
-        write_candidates(cfg, given, model, sae, sae_sha, card_corpus)
+        if ctx.is_main:
+            write_candidates(cfg, given, model, sae, sae_sha, card_corpus)
         return
 
     # --- task targets (from texts disjoint from the probe/CAA texts: another seed) and cards
@@ -502,7 +516,8 @@ def run(given: SaeTsConfig) -> None:
         tasks={},
         clock=clock,
     )
-    write_report(given, cfg, state)
+    if ctx.is_main:
+        write_report(given, cfg, state)
 
     # --- steering tasks
     coherence = LikelihoodCoherenceScorer(model)
@@ -558,7 +573,8 @@ def run(given: SaeTsConfig) -> None:
             )
         state["tasks"][task] = entry
         clock.lap(f"task {task}")
-        write_report(given, cfg, state)
+        if ctx.is_main:
+            write_report(given, cfg, state)
 
 
 def _card_corpus(model, cfg: SaeTsConfig, cache: Path) -> list[str]:
@@ -709,7 +725,8 @@ def write_report(given: SaeTsConfig, cfg: SaeTsConfig, state: dict[str, Any]) ->
     lines += [
         "## Timing",
         "",
-        f"{cfg.threads or torch.get_num_threads()} torch thread(s), one process, on a machine "
+        f"{cfg.threads or torch.get_num_threads()} torch thread(s) in each of "
+        f"{clock.world_size} process(es) (torchrun ranks sharing the work), on a machine "
         f"with {os.cpu_count()} cores shared with other workers: mean 1-minute load average "
         f"{load:.1f} at the laps (max {max(clock.loads, default=math.nan):.1f}).",
         "",
