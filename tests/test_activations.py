@@ -70,6 +70,7 @@ class ForwardCounter:
     def __init__(self, fail_on: int | None = None):
         self.calls = 0
         self.fail_on = fail_on
+        self.widths: list[int] = []  # padded token width of each forward pass
 
     @contextmanager
     def counting(self, model):
@@ -77,6 +78,7 @@ class ForwardCounter:
 
         def forward(*args, **kwargs):
             self.calls += 1
+            self.widths.append(args[0].shape[1])
             if self.calls == self.fail_on:
                 raise KeyboardInterrupt("simulated kill")
             return original(*args, **kwargs)
@@ -217,8 +219,10 @@ def test_return_both_and_single_texts_agree(any_model):
     )
     shifts = harvest_shifts(any_model, (SOURCES, TARGETS), hook, progress=False)
     singles = harvest_activations(any_model, SOURCES, hook, batch_size=2, progress=False)
+    one_by_one = harvest_activations(any_model, SOURCES, hook, batch_size=1, progress=False)
 
     torch.testing.assert_close(source, singles, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one_by_one, singles, atol=1e-5, rtol=0)
     torch.testing.assert_close(target - source, shifts, atol=1e-6, rtol=0)
     expected_last = torch.stack([reference(any_model, t, hook, "last") for t in TARGETS])
     torch.testing.assert_close(target, expected_last, atol=1e-5, rtol=0)
@@ -314,9 +318,30 @@ def test_bad_datasets(tiny_model, pairs, message):
         harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post")
 
 
-def test_a_single_text_is_refused_naming_the_fix(tiny_model):
-    with pytest.raises(TypeError, match=r"not a single string; wrap it: \[text\]"):
-        harvest_activations(tiny_model, "king", "blocks.0.hook_resid_post")
+@pytest.mark.parametrize(
+    "texts, options, message",
+    [
+        ("king", {}, r"not a single string; wrap it: \[text\]"),
+        ([], {}, r"^No texts to harvest: the dataset is empty\.$"),
+        (["king"], {"padding_side": "middle"}, "'left', 'right' or None, got 'middle'"),
+        (["king"], {"shard_size": 0}, r"must be >= 1 \(got 32, 0\)"),
+    ],
+)
+def test_bad_texts_and_options_name_the_fix(tiny_model, texts, options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        harvest_activations(tiny_model, texts, "blocks.0.hook_resid_post", **options)
+
+
+def test_texts_run_longest_first_in_batches_of_similar_length(tiny_model):
+    texts = ["king", "He was writing a letter when the phone rang.", "red", "I love this movie."]
+    counter = ForwardCounter()
+    with counter.counting(tiny_model):
+        harvest_activations(
+            tiny_model, texts, "blocks.0.hook_resid_post", batch_size=2, progress=False
+        )
+    lengths = sorted((tiny_model.to_tokens(text).shape[1] for text in texts), reverse=True)
+    assert lengths[1] > lengths[2]  # two long and two short texts
+    assert counter.widths == [lengths[0], lengths[2]]  # the long pair first, then the short
 
 
 def test_shifts_without_bos_match_the_hand_computation(tiny_model):
