@@ -133,7 +133,7 @@ def test_bad_data_fails_with_a_clear_message(data, message):
 
 def test_resume_from_a_wrong_folder_says_what_to_pass(tmp_path):
     data = torch.randn(100, 8)
-    with pytest.raises(FileNotFoundError, match="not an SSAE checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"not an SSAE .*<checkpoint_path>/<n_samples>\.$"):
         train_ssae(
             data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5), resume_from=tmp_path
         )
