@@ -5,11 +5,13 @@ import statistics
 
 import pytest
 import torch
+from sae_lens.config import SAETrainerConfig
 
 from ssae_lens import TrainingSSAEConfig, train_ssae
 from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.ssae.training import ShuffledBatches, load_or_train_ssae
+from ssae_lens.ssae.model import TrainingSSAE
+from ssae_lens.ssae.training import ShuffledBatches, SSAETrainer, load_or_train_ssae
 
 
 @pytest.mark.slow  # defaults include sparsity_target="auto": a selection per seed (~1 min)
@@ -103,6 +105,18 @@ def test_resuming_from_a_checkpoint_loses_nothing(tmp_path):
     for name, value in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
     assert [r.step for r in resumed_trainer.history] == [r.step for r in full_trainer.history]
+
+
+def test_trainer_takes_the_adam_betas_of_its_config():
+    # train_ssae leaves them at torch's defaults; a trainer built by hand may not.
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=20, train_batch_size_samples=4, lr_end=1e-4,
+        adam_beta1=0.5, adam_beta2=0.75,
+    )  # fmt: skip
+    sae = TrainingSSAE(TrainingSSAEConfig(d_in=8, d_sae=2, sparsity_target=0.1))
+    trainer = SSAETrainer(trainer_cfg, sae, iter([]), progress=False)
+    assert len(trainer.optimizer.param_groups) == 2  # weights and the multiplier
+    assert all(g["betas"] == (0.5, 0.75) for g in trainer.optimizer.param_groups)
 
 
 def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
