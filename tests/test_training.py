@@ -11,7 +11,12 @@ from ssae_lens import TrainingSSAEConfig, train_ssae
 from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
 from ssae_lens.ssae.model import TrainingSSAE
-from ssae_lens.ssae.training import ShuffledBatches, SSAETrainer, load_or_train_ssae
+from ssae_lens.ssae.training import (
+    ShuffledBatches,
+    SSAETrainer,
+    check_shifts,
+    load_or_train_ssae,
+)
 
 
 @pytest.mark.slow  # defaults include sparsity_target="auto": a selection per seed (~1 min)
@@ -126,6 +131,8 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
     assert torch.equal(epoch, torch.arange(10).float())
     state = batches.state_dict()
     ahead = [next(batches) for _ in range(3)]
+    second = torch.cat(ahead[:2]).flatten().sort().values  # the next epoch: again every row
+    assert torch.equal(second, torch.arange(10).float())
     again = ShuffledBatches(data, batch_size=5, seed=1)
     again.load_state_dict(state)
     assert all(torch.equal(a, next(again)) for a in ahead)
@@ -134,7 +141,7 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (torch.randn(10, 7), "d_in=8"),
+        (torch.randn(10, 7), r"^shifts have width 7 but the config says d_in=8; set d_in=7"),
         (torch.full((10, 8), float("nan")), "NaN/inf"),
         (torch.empty(0, 8), r"n > 0"),
         (iter([]), "iterator is empty"),
@@ -143,6 +150,10 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
 def test_bad_data_fails_with_a_clear_message(data, message):
     with pytest.raises(ValueError, match=message):
         train_ssae(data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5))
+
+
+def test_a_single_shift_is_valid_data():
+    check_shifts(torch.ones(1, 8), 8)  # no error
 
 
 def test_resume_from_a_wrong_folder_says_what_to_pass(tmp_path):
