@@ -144,7 +144,7 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
         (torch.randn(10, 7), r"^shifts have width 7 but the config says d_in=8; set d_in=7"),
         (torch.full((10, 8), float("nan")), "NaN/inf"),
         (torch.empty(0, 8), r"n > 0"),
-        (iter([]), "iterator is empty"),
+        (iter([]), r"^The data iterator is empty: there are no shifts to train on\.$"),
     ],
 )
 def test_bad_data_fails_with_a_clear_message(data, message):
