@@ -12,6 +12,7 @@ from conftest import build_tiny_model
 from ssae_lens._core.cache import CacheWarning
 from ssae_lens.activations import (
     PairedActivationStore,
+    _shared_shard_size,
     harvest_activations,
     harvest_shifts,
     model_fingerprint,
@@ -69,6 +70,7 @@ class ForwardCounter:
     def __init__(self, fail_on: int | None = None):
         self.calls = 0
         self.fail_on = fail_on
+        self.widths: list[int] = []  # padded token width of each forward pass
 
     @contextmanager
     def counting(self, model):
@@ -76,6 +78,7 @@ class ForwardCounter:
 
         def forward(*args, **kwargs):
             self.calls += 1
+            self.widths.append(args[0].shape[1])
             if self.calls == self.fail_on:
                 raise KeyboardInterrupt("simulated kill")
             return original(*args, **kwargs)
@@ -160,16 +163,26 @@ def test_all_position_gives_per_token_shifts(any_model):
     assert store.rows_per_pair == [n - 1 for n, _ in lengths]
 
 
-def test_include_bos_counts_bos_in_mean(tiny_model):
-    texts = ["the king sat", "queen"]
+def test_include_bos_counts_bos_in_mean_and_in_the_cache_key(tiny_model, tmp_path):
+    hook = "blocks.0.hook_resid_post"
+    sources, targets = ["the king sat", "queen"], ["a red box", "the queen sat"]
+    texts = sources + targets
+    # A cache of the same texts written without BOS in the mean cannot serve one with it.
+    harvest_activations(tiny_model, texts, hook, "mean", cache_dir=tmp_path, progress=False)
     acts = harvest_activations(
-        tiny_model, texts, "blocks.0.hook_resid_post", "mean", include_bos=True, progress=False
+        tiny_model, texts, hook, "mean", include_bos=True, cache_dir=tmp_path, progress=False
     )
+    shifts = harvest_shifts(
+        tiny_model, (sources, targets), hook, "mean", include_bos=True, progress=False
+    )
+
+    def mean(text):
+        return tiny_model.run_with_cache(text)[1][hook][0].mean(0)  # BOS included
+
     for row, text in zip(acts, texts, strict=True):
-        _, cache = tiny_model.run_with_cache(text)
-        torch.testing.assert_close(
-            row, cache["blocks.0.hook_resid_post"][0].mean(0), atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(row, mean(text), atol=1e-5, rtol=0)
+    for row, source, target in zip(shifts, sources, targets, strict=True):
+        torch.testing.assert_close(row, mean(target) - mean(source), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("position", ["last", "mean"])
@@ -206,8 +219,10 @@ def test_return_both_and_single_texts_agree(any_model):
     )
     shifts = harvest_shifts(any_model, (SOURCES, TARGETS), hook, progress=False)
     singles = harvest_activations(any_model, SOURCES, hook, batch_size=2, progress=False)
+    one_by_one = harvest_activations(any_model, SOURCES, hook, batch_size=1, progress=False)
 
     torch.testing.assert_close(source, singles, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one_by_one, singles, atol=1e-5, rtol=0)
     torch.testing.assert_close(target - source, shifts, atol=1e-6, rtol=0)
     expected_last = torch.stack([reference(any_model, t, hook, "last") for t in TARGETS])
     torch.testing.assert_close(target, expected_last, atol=1e-5, rtol=0)
@@ -260,6 +275,7 @@ def test_dtype_and_device_options(tiny_model):
     )
     assert exact.dtype == torch.float32 and half.dtype == torch.bfloat16
     assert half.device.type == "cpu"
+    assert harvest_shifts(tiny_model, (SOURCES, TARGETS), hook, device="meta").device.type == "meta"
     torch.testing.assert_close(half.float(), exact, atol=0.05, rtol=0.01)
 
 
@@ -287,7 +303,11 @@ def test_too_long_prompt_names_pair_and_lengths(tiny_model):
 @pytest.mark.parametrize(
     "pairs, message",
     [
-        (([], []), "empty"),
+        (([], []), "No pairs to harvest: the dataset is empty"),
+        (
+            ("king", "queen"),
+            r"^sources and targets must be lists of strings, not single strings\.$",
+        ),
         ((["king", ""], ["queen", "woman"]), r"pair 1 \(source\) is empty"),
         ((["king"], ["queen", "woman"]), "1 sources but 2 targets"),
         (["king", "queen"], "ConceptPairs"),
@@ -296,6 +316,32 @@ def test_too_long_prompt_names_pair_and_lengths(tiny_model):
 def test_bad_datasets(tiny_model, pairs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         harvest_shifts(tiny_model, pairs, "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize(
+    "texts, options, message",
+    [
+        ("king", {}, r"not a single string; wrap it: \[text\]"),
+        ([], {}, r"^No texts to harvest: the dataset is empty\.$"),
+        (["king"], {"padding_side": "middle"}, "'left', 'right' or None, got 'middle'"),
+        (["king"], {"shard_size": 0}, r"must be >= 1 \(got 32, 0\)"),
+    ],
+)
+def test_bad_texts_and_options_name_the_fix(tiny_model, texts, options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        harvest_activations(tiny_model, texts, "blocks.0.hook_resid_post", **options)
+
+
+def test_texts_run_longest_first_in_batches_of_similar_length(tiny_model):
+    texts = ["king", "He was writing a letter when the phone rang.", "red", "I love this movie."]
+    counter = ForwardCounter()
+    with counter.counting(tiny_model):
+        harvest_activations(
+            tiny_model, texts, "blocks.0.hook_resid_post", batch_size=2, progress=False
+        )
+    lengths = sorted((tiny_model.to_tokens(text).shape[1] for text in texts), reverse=True)
+    assert lengths[1] > lengths[2]  # two long and two short texts
+    assert counter.widths == [lengths[0], lengths[2]]  # the long pair first, then the short
 
 
 def test_shifts_without_bos_match_the_hand_computation(tiny_model):
@@ -410,6 +456,20 @@ def test_killed_run_resumes_at_last_completed_shard(tiny_model, tmp_path):
     assert counter.calls == 3  # shard 2 (2 batches) and shard 3 (1 text)
     fresh = harvest_shifts(tiny_model, (SOURCES, TARGETS), options["hook_name"], progress=False)
     torch.testing.assert_close(resumed, fresh, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "shard_size, batch_size, n_texts, expected",
+    [(4096, 8, 100, 16), (10, 8, 1000, 10), (4096, 3, 1, 3)],
+)
+def test_shards_under_torchrun_give_each_rank_about_four(
+    monkeypatch, shard_size, batch_size, n_texts, expected
+):
+    # Two ranks: ceil(n_texts / (batch_size * 2 ranks * 4 shards)) batches per shard, at least
+    # one, at most shard_size texts (100 texts: 2 batches of 8; 1000: 16 batches, capped at 10).
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert _shared_shard_size(shard_size, batch_size, n_texts) == expected
 
 
 def test_model_fingerprint_tracks_weights(tiny_model, tiny_tokenizer):

@@ -102,7 +102,10 @@ def test_a_non_finite_loss_stops_training_and_saves_no_checkpoint(tmp_path):
         training_steps=4,
         batch_size=16,
     )
-    with pytest.raises(NonFiniteError, match="loss became inf at step 0.*weights were not saved"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"became inf at step 0 \(losses: \{'recon_loss': inf.*were not saved\. Lower lr",
+    ):
         train_ssae(data, cfg, checkpoint_path=tmp_path / "ckpt", n_checkpoints=2, progress=False)
     saved = list((tmp_path / "ckpt").rglob("*")) if (tmp_path / "ckpt").exists() else []
     assert saved == []

@@ -139,6 +139,17 @@ def test_harvests_are_float32_and_close_to_float32(tiny_model, bf16_model, posit
         assert float(relative.max()) < 0.05  # ... and costs little (bf16 eps is 2**-8)
 
 
+def test_mean_of_bfloat16_activations_is_summed_in_float32(bf16_model):
+    # "all" returns each token's bfloat16 activation exactly (as float32); "mean" is their
+    # float32 mean, not a bfloat16 sum rounded at every step.
+    texts = ["The cat sat on the mat.", "I love it.", "hey"]
+    tokens = harvest_activations(bf16_model, texts, HOOK, "all", progress=False)
+    means = harvest_activations(bf16_model, texts, HOOK, "mean", progress=False)
+    counts = [len(bf16_model.to_str_tokens(text)) - 1 for text in texts]  # BOS excluded
+    expected = torch.stack([rows.mean(0) for rows in tokens.split(counts)])
+    torch.testing.assert_close(means, expected, atol=1e-6, rtol=1e-6)
+
+
 def test_shifts_are_differences_of_float32_activations(bf16_model):
     """In a bfloat16 model both sides are read out exactly (bfloat16 values) and subtracted in
     float32: subtracting in bfloat16 would round the shifts to bfloat16 values."""

@@ -265,10 +265,20 @@ def test_an_iterable_selects_on_the_normalisation_sample(tiny_data):
     assert got == [p.seed_agreement for p in expected.points]
 
 
-def test_the_cache_shares_one_selection_across_seeds_and_keys_auto_apart(tiny_data, tmp_path):
+def test_the_cache_shares_one_selection_across_seeds_and_keys_auto_apart(
+    tiny_data, tmp_path, monkeypatch
+):
+    import ssae_lens.ssae.selection as selection
+
+    runs = []
+    select = selection.select_sparsity_target
+    monkeypatch.setattr(
+        selection, "select_sparsity_target", lambda *a, **k: runs.append(1) or select(*a, **k)
+    )
     cfg = _tiny()
     first = load_or_train_ssae(tiny_data, cfg, seed=0, cache_dir=tmp_path, progress=False)
     second = load_or_train_ssae(tiny_data, cfg, seed=1, cache_dir=tmp_path, progress=False)
+    assert len(runs) == 1  # the second seed trains with the cached selection
     selections = sorted(p.name for p in tmp_path.glob("selection-*"))
     assert len(selections) == 1
     assert len(list(tmp_path.glob("ssae-*"))) == 2

@@ -5,11 +5,18 @@ import statistics
 
 import pytest
 import torch
+from sae_lens.config import SAETrainerConfig
 
 from ssae_lens import TrainingSSAEConfig, train_ssae
 from ssae_lens.data.synthetic import make_synthetic_shifts
 from ssae_lens.metrics import mcc
-from ssae_lens.ssae.training import ShuffledBatches, load_or_train_ssae
+from ssae_lens.ssae.model import TrainingSSAE
+from ssae_lens.ssae.training import (
+    ShuffledBatches,
+    SSAETrainer,
+    check_shifts,
+    load_or_train_ssae,
+)
 
 
 @pytest.mark.slow  # defaults include sparsity_target="auto": a selection per seed (~1 min)
@@ -105,6 +112,18 @@ def test_resuming_from_a_checkpoint_loses_nothing(tmp_path):
     assert [r.step for r in resumed_trainer.history] == [r.step for r in full_trainer.history]
 
 
+def test_trainer_takes_the_adam_betas_of_its_config():
+    # train_ssae leaves them at torch's defaults; a trainer built by hand may not.
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=20, train_batch_size_samples=4, lr_end=1e-4,
+        adam_beta1=0.5, adam_beta2=0.75,
+    )  # fmt: skip
+    sae = TrainingSSAE(TrainingSSAEConfig(d_in=8, d_sae=2, sparsity_target=0.1))
+    trainer = SSAETrainer(trainer_cfg, sae, iter([]), progress=False)
+    assert len(trainer.optimizer.param_groups) == 2  # weights and the multiplier
+    assert all(g["betas"] == (0.5, 0.75) for g in trainer.optimizer.param_groups)
+
+
 def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
     data = torch.arange(10).float()[:, None]
     batches = ShuffledBatches(data, batch_size=5, seed=1)
@@ -112,6 +131,8 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
     assert torch.equal(epoch, torch.arange(10).float())
     state = batches.state_dict()
     ahead = [next(batches) for _ in range(3)]
+    second = torch.cat(ahead[:2]).flatten().sort().values  # the next epoch: again every row
+    assert torch.equal(second, torch.arange(10).float())
     again = ShuffledBatches(data, batch_size=5, seed=1)
     again.load_state_dict(state)
     assert all(torch.equal(a, next(again)) for a in ahead)
@@ -120,10 +141,10 @@ def test_shuffled_batches_cover_each_epoch_once_and_restore_state():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (torch.randn(10, 7), "d_in=8"),
+        (torch.randn(10, 7), r"^shifts have width 7 but the config says d_in=8; set d_in=7"),
         (torch.full((10, 8), float("nan")), "NaN/inf"),
         (torch.empty(0, 8), r"n > 0"),
-        (iter([]), "iterator is empty"),
+        (iter([]), r"^The data iterator is empty: there are no shifts to train on\.$"),
     ],
 )
 def test_bad_data_fails_with_a_clear_message(data, message):
@@ -131,9 +152,13 @@ def test_bad_data_fails_with_a_clear_message(data, message):
         train_ssae(data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5))
 
 
+def test_a_single_shift_is_valid_data():
+    check_shifts(torch.ones(1, 8), 8)  # no error
+
+
 def test_resume_from_a_wrong_folder_says_what_to_pass(tmp_path):
     data = torch.randn(100, 8)
-    with pytest.raises(FileNotFoundError, match="not an SSAE checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"not an SSAE .*<checkpoint_path>/<n_samples>\.$"):
         train_ssae(
             data, TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=5), resume_from=tmp_path
         )

@@ -130,19 +130,26 @@ def _checkpoint(tmp_path: Path, data: torch.Tensor, seed: int) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("change", "message"),
+    ("change", "error", "message"),
     [
-        ({"seed": 4}, r"was trained with seed=3, but this run has seed=4"),
-        ({"data": 1.0}, r"was trained on other data"),
+        ({"seed": 4}, ValueError, r"with seed=3, but this run has seed=4; resume with seed=3 "),
+        (
+            {"data": 1.0},
+            ValueError,
+            r"other data \(data digest [0-9a-f]{12}, this run's [0-9a-f]{12}\)",
+        ),
+        ({"lose": "run_identity.json"}, FileNotFoundError, r"cannot be checked against this run's"),
     ],
 )
-def test_resuming_with_another_seed_or_other_data_is_refused(tmp_path, change, message):
+def test_resuming_with_another_seed_or_other_data_is_refused(tmp_path, change, error, message):
     # Before: silently accepted (the data order even switched to the checkpoint's seed).
     data = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
     middle = _checkpoint(tmp_path, data, seed=3)
+    if "lose" in change:
+        (middle / change["lose"]).unlink()
     cfg = TrainingSSAEConfig(d_in=8, d_sae=2, training_steps=20, batch_size=32)
     other = data + change.get("data", 0.0)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         train_ssae(other, cfg, seed=change.get("seed", 3), resume_from=middle, progress=False)
 
 
