@@ -647,10 +647,12 @@ def write_report(given: SaeTsConfig, cfg: SaeTsConfig, state: dict[str, Any]) ->
     prompts = cfg.prompts()
     n_bos = sum(p == "" for p in prompts)
     scales = torch.tensor(state["scales"])
+    world = state["clock"].world_size
+    launcher = f"torchrun --nproc_per_node={world}" if world > 1 else "python"
     lines = [
         f"# SAE-TS vs CAA vs SAE decoder-row steering ({cfg.model})",
         "",
-        f"Command: `python benchmarks/sae_ts.py --config {out / f'{stem}_config.yaml'}`.",
+        f"Command: `{launcher} benchmarks/sae_ts.py --config {out / f'{stem}_config.yaml'}`.",
         "",
         "## Protocol",
         "",
