@@ -151,9 +151,12 @@ def load_model(
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = _embedded_checkpoint(name, root / "models")
     # Eager attention, as the bridge uses when it loads a model itself (its attention hooks
-    # need the explicit pattern); HookedTransformer only reads the weights.
+    # need the explicit pattern). The bridge runs these weights as they are, so they are
+    # loaded in the precision's dtype; HookedTransformer converts float32 weights and casts.
     hf_model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32, attn_implementation="eager"
+        folder,
+        dtype=dtype if backend == "bridge" else torch.float32,
+        attn_implementation="eager",
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     load = _boot_bridge if backend == "bridge" else HookedTransformer.from_pretrained_no_processing

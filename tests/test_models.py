@@ -270,3 +270,22 @@ def test_gemma_in_bfloat16_stays_close_to_float32(gemma):
         dim=-1,
     )
     assert float(cosine.min()) > 0.98
+
+
+@pytest.mark.slow
+def test_gemma_through_the_bridge_in_bfloat16_runs_bfloat16_weights(gemma):
+    """The README's advice for a bridge on reduced precision: load it in bfloat16. Its weights
+    are bfloat16 (they were float32 and refused before), and its next-token logits stay within
+    bfloat16 rounding of the float32 model's."""
+    from ssae_lens.generation import generate_tokens
+
+    bridge = load_model("gemma-3-270m", backend="bridge", precision="bfloat16")
+    assert {p.dtype for p in bridge.parameters() if p.is_floating_point()} == {torch.bfloat16}
+    ids = gemma.to_tokens("The capital of France is")
+    with torch.no_grad():
+        reference = gemma(ids)[0, -1].float()
+        logits = bridge(ids)[0, -1].float()
+    assert int(logits.argmax()) == int(reference.argmax())
+    assert (logits - reference).abs().max() < 0.1 * reference.abs().max()
+    tokens, _ = generate_tokens(bridge, ["The capital of France is"], 3, do_sample=False)
+    assert tokens.shape == (1, ids.shape[1] + 3)
