@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from ssae_lens._core.backend import Model
@@ -207,8 +207,7 @@ def _steered_losses(
             steering = steer_rows(model, directions[vec], hook_name, sweep[step].expand(len(vec)))
             with steering, autocast(precision, model.cfg.device):
                 logits = model(tokens[txt], attention_mask=mask[txt])
-            logp = logits[:, :-1].float().log_softmax(-1)
-            nll = -logp.gather(-1, tokens[txt][:, 1:, None]).squeeze(-1)
+            nll = _next_token_nll(logits, tokens[txt])
             nll = (nll * mask[txt][:, 1:]).sum(-1).double().cpu()
             nll_sum.index_add_(0, torch.arange(lo, lo + len(vec)) // t, nll)
         losses[active, step] = (nll_sum / n_tokens).float()
@@ -217,6 +216,19 @@ def _steered_losses(
         if len(active) == 0:
             break
     return losses
+
+
+def _next_token_nll(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
+    """``-log p(tokens[:, t + 1] | logits[:, t])`` in float32, one row at a time: a float32
+    log-softmax of the whole batch would double the logits' memory (gigabytes with a
+    262k-token vocabulary)."""
+    nll = torch.empty(tokens.shape[0], tokens.shape[1] - 1, device=logits.device)
+    for i, row in enumerate(logits[:, :-1]):
+        row = row.float()
+        nll[i] = row.logsumexp(-1) - row.gather(-1, tokens[i, 1:, None]).squeeze(-1)
+    return nll
 
 
 def _right_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:
