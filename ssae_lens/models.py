@@ -45,13 +45,14 @@ from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
+from transformer_lens.components import AbstractAttention, GatedMLP, Unembed
 
 from ssae_lens._core.backend import Model
 from ssae_lens._core.cache import cached_folder_settings, is_cached, write_cached_folder
 from ssae_lens._core.io import write_json_atomic
 from ssae_lens._core.precision import Precision, record_precision, weights_dtype
 
-__all__ = ["BACKENDS", "EMBEDDED_MODELS", "Model", "cache_root", "load_model"]
+__all__ = ["BACKENDS", "EMBEDDED_MODELS", "Model", "cache_root", "decoding_layout", "load_model"]
 
 EMBEDDED_MODELS: dict[str, str] = {"gemma-3-270m": "google/gemma-3-270m"}
 """Embedded model names and the TransformerLens architecture name each one is loaded as."""
@@ -111,7 +112,8 @@ def load_model(
             (e.g. ``revision=...``, ``hf_config_overrides=...``).
 
     Returns:
-        The model in eval mode.
+        The model in eval mode; a ``HookedTransformer`` stores its weights in the layout its
+        forward pass reads them in (:func:`decoding_layout`).
     """
     if isinstance(name, Model):
         if precision is not None:
@@ -144,7 +146,7 @@ def load_model(
                 f"use the embedded {next(iter(EMBEDDED_MODELS))!r}."
             ) from err
         record_precision(model, precision)
-        return model.eval()
+        return decoding_layout(model).eval()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -168,8 +170,47 @@ def load_model(
         dtype=dtype,
         **from_pretrained_kwargs,
     )
+    if isinstance(model, HookedTransformer):
+        decoding_layout(model)
     record_precision(model, precision)
     return model.eval()
+
+
+@torch.no_grad()
+def decoding_layout(model: HookedTransformer) -> HookedTransformer:
+    """Store ``model``'s weights in the memory layout its forward pass reads them in.
+
+    TransformerLens 3.9 transposes the gated MLPs', the attention's and the unembedding's
+    weights on every forward pass (``W.T.contiguous()``, ``rearrange(W, ...)`` then a copy),
+    so each pass copies every one of those weight matrices. With a few rows per pass, as in
+    KV-cached decoding, the copies cost about as much as the matrix products. Stored
+    transposed (same values, shapes and dtype; only the strides differ), each of those
+    transposes is a view and the forward pass is bit for bit the same. :func:`load_model`
+    applies this to the ``HookedTransformer`` models it loads; call it on one built otherwise.
+    Returns ``model``, changed in place (the ``Parameter`` objects are kept).
+    """
+    for module in model.modules():
+        if isinstance(module, GatedMLP):  # F.linear(x, W.T.contiguous()) for each
+            for name in ("W_in", "W_gate", "W_out"):
+                _store(getattr(module, name), (1, 0))
+        elif isinstance(module, AbstractAttention):
+            # rearrange(W, "head d_model d_head -> (head d_head) d_model"); grouped-query
+            # attention keeps its key and value weights in _W_K and _W_V.
+            for name in ("W_Q", "W_K", "W_V", "_W_K", "_W_V"):
+                weight = module._parameters.get(name)
+                if weight is not None:
+                    _store(weight, (0, 2, 1))
+            # rearrange(W_O, "head d_head d_model -> d_model (head d_head)").contiguous()
+            _store(module.W_O, (2, 0, 1))
+        elif isinstance(module, Unembed):  # F.linear(residual, W_U.T.contiguous(), b_U)
+            _store(module.W_U, (1, 0))
+    return model
+
+
+def _store(weight: torch.nn.Parameter, order: tuple[int, ...]) -> None:
+    """Make ``weight.permute(order)`` contiguous, keeping ``weight``'s values and shape."""
+    inverse = tuple(order.index(i) for i in range(len(order)))
+    weight.data = weight.data.permute(order).contiguous().permute(inverse)
 
 
 def _boot_bridge(name: str, **kwargs: Any) -> Model:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_model
 
 from ssae_lens import models
 from ssae_lens._core.cache import CacheWarning, cached_folder_settings
-from ssae_lens.models import cache_root, load_model
+from ssae_lens.models import cache_root, decoding_layout, load_model
 
 
 def test_existing_model_passes_through(tiny_model, tiny_bridge):
@@ -196,6 +197,66 @@ def test_without_the_package_a_verified_checkpoint_is_used(monkeypatch, tmp_path
     _zeroed(folder)
     with pytest.warns(CacheWarning), pytest.raises(ImportError, match="ssae-lens\\[models\\]"):
         models._embedded_checkpoint("gemma-3-270m", tmp_path)
+
+
+def _forward_transposes(model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each weight TransformerLens 3.9 transposes on every forward pass, with the tensor its
+    forward computes from it (the same expressions as in its GatedMLP, attention and Unembed)."""
+    import einops
+
+    pairs = {"W_U": (model.unembed.W_U, model.unembed.W_U.T.contiguous())}
+    for i, block in enumerate(model.blocks):
+        for name in ("W_in", "W_gate", "W_out"):
+            weight = getattr(block.mlp, name)
+            pairs[f"{i}.{name}"] = (weight, weight.T.contiguous())
+        attn = block.attn
+        for name in ("W_Q", "_W_K", "_W_V") if hasattr(attn, "_W_K") else ("W_Q", "W_K", "W_V"):
+            weight = getattr(attn, name)
+            pairs[f"{i}.{name}"] = (weight, einops.rearrange(weight, "h m d -> (h d) m"))
+        pairs[f"{i}.W_O"] = (
+            attn.W_O,
+            einops.rearrange(attn.W_O, "h d m -> m (h d)").contiguous(),
+        )
+    return pairs
+
+
+@pytest.mark.parametrize("n_key_value_heads", [None, 2])
+def test_decoding_layout_makes_the_forward_passes_transposes_views(
+    tiny_tokenizer, n_key_value_heads
+):
+    from ssae_lens.generation import generate_tokens
+
+    model = build_tiny_model(
+        tiny_tokenizer, seed=3, normalization_type="RMS", positional_embedding_type="rotary",
+        gated_mlp=True, act_fn="gelu_pytorch_tanh", n_key_value_heads=n_key_value_heads,
+    )  # fmt: skip
+    tokens = model.to_tokens(["red blue green", "one two three four five"])
+    prompts = ["red blue", "one two three"]
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = dict(model.named_parameters())
+    logits = model(tokens)
+    generated, _ = generate_tokens(model, prompts, 6, do_sample=False)
+    # Without the layout every one of those transposes is a copy.
+    assert all(w.data_ptr() != t.data_ptr() for w, t in _forward_transposes(model).values())
+
+    assert decoding_layout(model) is model
+
+    for name, weight in _forward_transposes(model).items():
+        assert weight[1].data_ptr() == weight[0].data_ptr(), f"{name} is still copied"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, value in before.items():  # same values, shapes and dtypes
+        assert torch.equal(after[name], value) and after[name].dtype == value.dtype, name
+    assert all(params[n] is p for n, p in model.named_parameters())  # the same Parameters
+    # The forward pass and the KV-cached decoding compute bit for bit the same.
+    assert torch.equal(model(tokens), logits)
+    assert torch.equal(generate_tokens(model, prompts, 6, do_sample=False)[0], generated)
+
+
+@pytest.mark.slow
+def test_gemma_loads_in_the_decoding_layout(gemma):
+    for name, (weight, transposed) in _forward_transposes(gemma).items():
+        assert transposed.data_ptr() == weight.data_ptr(), f"{name} is copied on every forward"
 
 
 @pytest.mark.slow

@@ -231,7 +231,8 @@ class _Hooked(Backend):
         model = self.model
         if model.cfg.normalization_type is not None:
             resid = model.ln_final(resid[:, None])[:, 0]
-        logits = torch.addmm(model.unembed.b_U, resid, model.unembed.W_U)
+        # As Unembed.forward computes it, without copying W_U (ssae_lens.models.decoding_layout).
+        logits = torch.nn.functional.linear(resid, model.unembed.W_U.T, model.unembed.b_U)
         return apply_softcap(logits, model.cfg.output_logits_soft_cap)
 
 

@@ -111,8 +111,9 @@ def _signature(tensors: list[tuple[str, Tensor]]) -> tuple:
     """
     parts = []
     for name, t in tensors:
-        flat = t.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // _SAMPLE)][:_SAMPLE]
+        index = torch.arange(0, t.numel(), max(1, t.numel() // _SAMPLE))[:_SAMPLE]
+        # Indexing, not reshape(-1): that copies a whole non-contiguous (transposed) weight.
+        sample = t.detach()[torch.unravel_index(index.to(t.device), t.shape)]
         parts.append(
             (name, id(t), t._version, t.data_ptr(), str(t.dtype), tuple(t.shape))
             + (bytes(_tensor_bytes(sample)),)
