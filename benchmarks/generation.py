@@ -77,6 +77,8 @@ def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> dict[
         name: {
             "wall_s": statistics.median(t[0] for t in ts),
             "cpu_s": statistics.median(t[1] for t in ts),
+            "wall_runs": [t[0] for t in ts],
+            "cpu_runs": [t[1] for t in ts],
         }
         for name, ts in times.items()
     }
@@ -215,32 +217,79 @@ def main() -> None:
     print(report)
 
 
+def _paired_ratio(timing: dict, slow: str, fast: str, clock: str) -> list[float]:
+    """Median, min and max over rounds of ``slow``'s time / ``fast``'s in the same round."""
+    ratios = [
+        a / b
+        for a, b in zip(timing[slow][f"{clock}_runs"], timing[fast][f"{clock}_runs"], strict=True)
+    ]
+    return [statistics.median(ratios), min(ratios), max(ratios)]
+
+
+def _ratio(r: list[float]) -> str:
+    return f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def _transformerlens_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every weight contiguous again, as TransformerLens stores it (undoing
+    ``ssae_lens.models.decoding_layout``), for the before/after comparison."""
+    for weight in model.parameters():
+        weight.data = weight.data.contiguous()
+    return model
+
+
 def precision_by_rows(args: argparse.Namespace) -> None:
-    """float32 vs bfloat16 ``generate_tokens`` at each of ``--precision-rows`` rows."""
+    """float32 vs bfloat16 ``generate_tokens`` at each of ``--precision-rows`` rows; with the
+    hooked backend also greedy decoding in TransformerLens's own weight layout."""
     models = {
         p: load_model("gemma-3-270m", backend=args.backend, precision=p)
         for p in ("float32", "bfloat16")
     }
+    tl_layout = {}
+    if args.backend == "hooked":
+        tl_layout = {
+            f"{p} TL layout": _transformerlens_layout(load_model("gemma-3-270m", precision=p))
+            for p in ("float32", "bfloat16")
+        }
     n_new, table, load_before = args.new_tokens, {}, os.getloadavg()[0]
     for rows in [int(b) for b in args.precision_rows.split(",")]:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(rows)]
-        methods = {
-            f"{p} {mode}": (
-                lambda m=m, prompts=prompts, sample=mode == "top-k 50": generate_tokens(
-                    m, prompts, n_new, do_sample=sample, top_k=50 if sample else None, seed=0
-                )
+
+        def run(model, sample: bool, prompts=prompts) -> Callable[[], object]:
+            top_k = 50 if sample else None
+            return lambda: generate_tokens(
+                model, prompts, n_new, do_sample=sample, top_k=top_k, seed=0
             )
+
+        methods = {
+            f"{p} {mode}": run(m, mode == "top-k 50")
             for mode in ("greedy", "top-k 50")
             for p, m in models.items()
-        }
+        } | {f"{name} greedy": run(m, False) for name, m in tl_layout.items()}
         timing = interleaved(methods, args.repeats)
         table[rows] = {
             "timing": timing,
             **{
-                f"{mode} {clock}": timing[f"float32 {mode}"][f"{clock}_s"]
-                / timing[f"bfloat16 {mode}"][f"{clock}_s"]
+                f"{mode} {clock}": _paired_ratio(
+                    timing, f"float32 {mode}", f"bfloat16 {mode}", clock
+                )
                 for mode in ("greedy", "top-k 50")
                 for clock in ("wall", "cpu")
+            },
+            **{
+                f"layout {p} {clock}": _paired_ratio(
+                    timing, f"{p} TL layout greedy", f"{p} greedy", clock
+                )
+                for p in ("float32", "bfloat16")
+                for clock in ("wall", "cpu")
+                if tl_layout
+            },
+            **{
+                f"TL layout {clock}": _paired_ratio(
+                    timing, "float32 TL layout greedy", "bfloat16 TL layout greedy", clock
+                )
+                for clock in ("wall", "cpu")
+                if tl_layout
             },
         }
         print(rows, json.dumps(table[rows], indent=2), flush=True)
@@ -251,8 +300,8 @@ def precision_by_rows(args: argparse.Namespace) -> None:
         f"--backend {args.backend} --new-tokens {n_new} --repeats {args.repeats} --threads "
         f"{args.threads}`; `generate_tokens` with the model loaded in float32 and in bfloat16 "
         f"(`load_model(precision=...)`), {n_new} new tokens after prompts of <= 8 tokens, "
-        "medians of interleaved runs (one warm-up each), measured in this run; speed-up = "
-        "float32 time / bfloat16 time. 1-minute load average "
+        "interleaved runs (one warm-up each), measured in this run; speed-up = float32 time / "
+        "bfloat16 time in the same round, median [min-max] over rounds. 1-minute load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores; CPU time, this "
         "process's, is the steadier clock on a loaded machine).",
         "",
@@ -263,9 +312,28 @@ def precision_by_rows(args: argparse.Namespace) -> None:
     for rows, t in table.items():
         lines.append(
             f"| {rows} | {t['timing']['float32 greedy']['wall_s']:.1f} | "
-            f"{t['greedy wall']:.2f}x / {t['greedy cpu']:.2f}x | "
-            f"{t['top-k 50 wall']:.2f}x / {t['top-k 50 cpu']:.2f}x |"
+            f"{_ratio(t['greedy wall'])} / {_ratio(t['greedy cpu'])} | "
+            f"{_ratio(t['top-k 50 wall'])} / {_ratio(t['top-k 50 cpu'])} |"
         )
+    if tl_layout:
+        lines += [
+            "",
+            "Greedy decoding with the weights in `decoding_layout` (as `load_model` loads them) "
+            "against TransformerLens's own layout, which copies every gated-MLP, attention and "
+            "unembedding weight on each forward pass; speed-up = TransformerLens layout time / "
+            "decoding layout time, same run:",
+            "",
+            "| rows | float32 (wall / CPU) | bfloat16 (wall / CPU) "
+            "| bfloat16 vs float32 in TransformerLens's layout (wall / CPU) |",
+            "|---:|---:|---:|---:|",
+        ]
+        for rows, t in table.items():
+            lines.append(
+                f"| {rows} | {_ratio(t['layout float32 wall'])} / "
+                f"{_ratio(t['layout float32 cpu'])} | {_ratio(t['layout bfloat16 wall'])} / "
+                f"{_ratio(t['layout bfloat16 cpu'])} | {_ratio(t['TL layout wall'])} / "
+                f"{_ratio(t['TL layout cpu'])} |"
+            )
     text = "\n".join([*lines, ""])
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
