@@ -192,8 +192,8 @@ def generate_tokens(
                 raise FloatingPointError(
                     "The logits became NaN/inf during generation (steering scale too large?)."
                 )
-            if uniforms is None:
-                nxt = logits.argmax(-1)
+            if uniforms is None:  # in float32: the CPU argmax of bfloat16 is much slower
+                nxt = logits.float().argmax(-1)
             else:
                 nxt = sample_tokens(
                     logits,
