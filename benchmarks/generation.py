@@ -338,6 +338,7 @@ def precision_by_rows(args: argparse.Namespace) -> None:
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"generation_precision_{args.backend}"
+    stem += f"_threads{args.threads}" if args.threads != 1 else ""
     write_text_atomic(args.out / f"{stem}.md", text)
     payload = dict(args={k: str(v) for k, v in vars(args).items()}, rows=table)
     write_text_atomic(args.out / f"{stem}.json", json.dumps(payload, indent=2))
