@@ -398,11 +398,11 @@ def render(cfg: PrecisionConfig, results: dict[str, Any]) -> str:
         "",
         f"Command: `{env['command']}` (`{cfg.name}_config.yaml` beside this file holds the "
         f"config). Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']}, "
-        f"{env['threads']} intra-op thread(s); run at nice {env['nice']} while other workers "
-        f"loaded the machine (load average {env['load_before']} before, {env['load_after']} "
-        f"after), so absolute times are not comparable between runs: the ratios come from "
-        f"{cfg.repeats} interleaved repeats (each repeat times every precision back to back, "
-        f"in a rotated order). Total {results['seconds']:.0f} s.",
+        f"{env['threads']} intra-op thread(s); run at nice {env['nice']}, load average "
+        f"{env['load_before']} before and {env['load_after']} after (above one per core, other "
+        f"work shared the machine and absolute times are not comparable between runs): the "
+        f"ratios come from {cfg.repeats} interleaved repeats (each repeat times every precision "
+        f"back to back, in a rotated order). Total {results['seconds']:.0f} s.",
         "",
         "## Checks",
         "",
