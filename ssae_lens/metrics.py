@@ -1,4 +1,5 @@
-"""Every metric of the package, defined once: MCC, matching, concept alignment, steering accuracy.
+"""Every metric of the package, defined once: MCC, matching, concept alignment, steering
+accuracy, next-token loss.
 
 ``mcc(a, b)`` correlates every column of ``a`` with every column of ``b`` (Pearson
 or Spearman), takes absolute values (codes are identifiable up to sign and
@@ -28,7 +29,7 @@ from itertools import combinations
 from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from torch import Tensor
@@ -247,3 +248,23 @@ def centred_steering_accuracy(
     """
     m = source.mean(0) if center is None else center
     return steering_accuracy(source - m, target - m, directions)
+
+
+def next_token_nll(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos_minus_1"]:
+    """``-log p(tokens[:, t + 1] | logits[:, t])`` in float32, whatever the logits' dtype.
+
+    One row at a time: a float32 log-softmax of the whole batch would double the logits'
+    memory (gigabytes with a 262k-token vocabulary).
+    """
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and tokens {tuple(tokens.shape)} must share their "
+            "(batch, pos) dimensions."
+        )
+    nll = torch.empty(tokens.shape[0], tokens.shape[1] - 1, device=logits.device)
+    for i, row in enumerate(logits[:, :-1]):
+        row = row.float()
+        nll[i] = row.logsumexp(-1) - row.gather(-1, tokens[i, 1:, None].to(row.device)).squeeze(-1)
+    return nll

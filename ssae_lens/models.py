@@ -128,29 +128,48 @@ def load_model(
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}.")
     precision = precision or "float32"
     dtype = weights_dtype(precision)
-    if name not in EMBEDDED_MODELS:
-        if backend == "bridge":
-            model = _boot_bridge(name, device=device, dtype=dtype, **from_pretrained_kwargs)
-            record_precision(model, precision)
-            return model.eval()
-        _check_model_name(name)
-        try:
-            model = HookedTransformer.from_pretrained_no_processing(
-                name, device=device, dtype=dtype, **from_pretrained_kwargs
-            )
-        except OSError as err:  # not in the Hugging Face cache and the Hub is out of reach
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise OSError(
-                f"cannot load model {name!r}: its weights are not in the Hugging Face cache and "
-                f"the Hub cannot be reached ({first}). Download it once with network access, or "
-                f"use the embedded {next(iter(EMBEDDED_MODELS))!r}."
-            ) from err
-        record_precision(model, precision)
-        return decoding_layout(model).eval()
+    if name in EMBEDDED_MODELS:
+        root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
+        model = _load_embedded(name, root, backend, device, dtype, **from_pretrained_kwargs)
+    elif backend == "bridge":
+        model = _boot_bridge(name, device=device, dtype=dtype, **from_pretrained_kwargs)
+    else:
+        model = _load_hooked(name, device, dtype, **from_pretrained_kwargs)
+    if isinstance(model, HookedTransformer):
+        decoding_layout(model)
+    record_precision(model, precision)
+    return model.eval()
 
+
+def _load_hooked(
+    name: str, device: str | torch.device, dtype: torch.dtype, **kwargs: Any
+) -> HookedTransformer:
+    """A TransformerLens model by name (from the Hugging Face cache, or downloaded)."""
+    _check_model_name(name)
+    try:
+        return HookedTransformer.from_pretrained_no_processing(
+            name, device=device, dtype=dtype, **kwargs
+        )
+    except OSError as err:  # not in the Hugging Face cache and the Hub is out of reach
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise OSError(
+            f"cannot load model {name!r}: its weights are not in the Hugging Face cache and "
+            f"the Hub cannot be reached ({first}). Download it once with network access, or "
+            f"use the embedded {next(iter(EMBEDDED_MODELS))!r}."
+        ) from err
+
+
+def _load_embedded(
+    name: str,
+    root: Path,
+    backend: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    **kwargs: Any,
+) -> Model:
+    """An embedded model from its converted checkpoint under ``root / "models"``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = _embedded_checkpoint(name, root / "models")
     # Eager attention, as the bridge uses when it loads a model itself (its attention hooks
     # need the explicit pattern). The bridge runs these weights as they are, so they are
@@ -162,18 +181,14 @@ def load_model(
     )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     load = _boot_bridge if backend == "bridge" else HookedTransformer.from_pretrained_no_processing
-    model = load(
+    return load(
         EMBEDDED_MODELS[name],
         hf_model=hf_model,
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
-        **from_pretrained_kwargs,
+        **kwargs,
     )
-    if isinstance(model, HookedTransformer):
-        decoding_layout(model)
-    record_precision(model, precision)
-    return model.eval()
 
 
 @torch.no_grad()

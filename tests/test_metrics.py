@@ -13,6 +13,7 @@ from ssae_lens.metrics import (
     match,
     matched_cosine,
     mcc,
+    next_token_nll,
     seed_agreement_mcc,
 )
 
@@ -268,3 +269,23 @@ def test_regression_directions_recover_centred_value_directions():
         labels[i, new], labels[i, old] = 1.0, -1.0
     shifts = torch.stack([values[new] - values[old] for old, new in changes])
     torch.testing.assert_close(regression_directions(shifts, labels), values, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_next_token_nll_is_the_shifted_cross_entropy(dtype):
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=gen).to(dtype)
+    tokens = torch.randint(0, 11, (3, 5), generator=gen)
+    # Reference: token t + 1 scored by the float32 logits at t, by hand from the softmax.
+    probs = logits.float().softmax(-1)
+    expected = torch.stack(
+        [torch.stack([-probs[b, t, tokens[b, t + 1]].log() for t in range(4)]) for b in range(3)]
+    )
+    nll = next_token_nll(logits, tokens)
+    assert nll.dtype == torch.float32 and nll.shape == (3, 4)
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_next_token_nll_rejects_logits_and_tokens_of_other_lengths():
+    with pytest.raises(ValueError, match=r"logits \(2, 4, 7\) and tokens \(2, 5\)"):
+        next_token_nll(torch.zeros(2, 4, 7), torch.zeros(2, 5, dtype=torch.long))

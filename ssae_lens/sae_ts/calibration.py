@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ssae_lens._core.backend import Model
@@ -16,6 +16,7 @@ from ssae_lens._core.cache import ChunkStore, model_fingerprint, refuse_active_h
 from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 from ssae_lens.distributed import compute_chunks
+from ssae_lens.metrics import next_token_nll
 from ssae_lens.sae_ts._checks import check_directions
 from ssae_lens.steering import steer_rows
 
@@ -207,7 +208,7 @@ def _steered_losses(
             steering = steer_rows(model, directions[vec], hook_name, sweep[step].expand(len(vec)))
             with steering, autocast(precision, model.cfg.device):
                 logits = model(tokens[txt], attention_mask=mask[txt])
-            nll = _next_token_nll(logits, tokens[txt])
+            nll = next_token_nll(logits, tokens[txt])
             nll = (nll * mask[txt][:, 1:]).sum(-1).double().cpu()
             nll_sum.index_add_(0, torch.arange(lo, lo + len(vec)) // t, nll)
         losses[active, step] = (nll_sum / n_tokens).float()
@@ -216,19 +217,6 @@ def _steered_losses(
         if len(active) == 0:
             break
     return losses
-
-
-def _next_token_nll(
-    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos_minus_1"]:
-    """``-log p(tokens[:, t + 1] | logits[:, t])`` in float32, one row at a time: a float32
-    log-softmax of the whole batch would double the logits' memory (gigabytes with a
-    262k-token vocabulary)."""
-    nll = torch.empty(tokens.shape[0], tokens.shape[1] - 1, device=logits.device)
-    for i, row in enumerate(logits[:, :-1]):
-        row = row.float()
-        nll[i] = row.logsumexp(-1) - row.gather(-1, tokens[i, 1:, None]).squeeze(-1)
-    return nll
 
 
 def _right_padded(model: Model, texts: list[str]) -> tuple[Tensor, Tensor]:

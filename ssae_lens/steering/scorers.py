@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ssae_lens._core.backend import Model
 from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens.activations import harvest_activations
+from ssae_lens.metrics import next_token_nll
 
 __all__ = [
     "KeywordScorer",
@@ -192,16 +193,11 @@ class LikelihoodCoherenceScorer:
             batch[i, : len(p) + len(c)] = torch.cat([p, c])
         with autocast(self.precision, self.model.cfg.device):
             logits = self.model(batch.to(self.model.cfg.device), return_type="logits")
-        out = []
-        for i, (p, c) in enumerate(pairs):
-            if len(c) == 0:
-                out.append(math.inf)
-                continue
-            # Token at position t is predicted by the logits at t - 1.
-            pred = logits[i, len(p) - 1 : len(p) + len(c) - 1].float().log_softmax(dim=-1)
-            logp = pred.gather(-1, c.to(pred.device)[:, None])
-            out.append(-logp.mean().item())
-        return out
+        nll = next_token_nll(logits, batch).cpu()  # nll[:, t] scores token t + 1
+        return [
+            nll[i, len(p) - 1 : len(p) + len(c) - 1].mean().item() if len(c) else math.inf
+            for i, (p, c) in enumerate(pairs)
+        ]
 
 
 @dataclass
