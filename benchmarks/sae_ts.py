@@ -63,11 +63,10 @@ from typing import Any, Literal
 
 import torch
 from matplotlib.figure import Figure
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ssae_lens._core.cache import dictionary_fingerprint
-from ssae_lens._core.io import atomic_path, save_figure, write_json_atomic, write_text_atomic
+from ssae_lens._core.cache import dictionary_fingerprint, tensor_digest
+from ssae_lens._core.io import save_figure, write_json_atomic, write_text_atomic
 from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.activations import harvest_activations
 from ssae_lens.config import ReferenceSAESection, RunConfig, parse_config_args, save_config
@@ -220,7 +219,9 @@ def effect_cache_key(cfg: SaeTsConfig) -> str:
     or task options reuses it)."""
     corpus = cfg.sae.corpus_options or {}
     sizes = {
-        "format": 2,  # 2: the reference protocol (per-direction scales, total length)
+        # 2: the reference protocol (per-direction scales, total length); 3: the library's
+        # chunk stores record the precision, and calibrations are resumable chunk stores.
+        "format": 3,
         "quick": cfg.quick,
         "sae": cfg.sae.kwargs(),
         "corpus": corpus,
@@ -229,6 +230,10 @@ def effect_cache_key(cfg: SaeTsConfig) -> str:
         **{
             k: getattr(cfg, k)
             for k in (
+                "model",
+                "hook_name",
+                "backend",
+                "precision",
                 "n_decoder",
                 "n_mix",
                 "n_random",
@@ -372,23 +377,19 @@ def run(given: SaeTsConfig, ctx: DistributedContext | None = None) -> None:
     cal_target = dict(target_loss=cfg.target_loss, target_loss_increase=cfg.target_loss_increase)
 
     def calibrated(directions: torch.Tensor, name: str | None) -> torch.Tensor:
-        """Each direction's own scale (cached under ``name`` in the benchmark's cache)."""
-        path = None if name is None else cache / f"{name}.safetensors"
-        if path is not None and path.is_file():
-            found = load_file(path)
-            if torch.equal(found["directions"], directions.float()):
-                return found["scales"]
+        """Each direction's own scale; under ``name``, in resumable chunks in the benchmark's
+        cache (one folder per set of directions)."""
+        folder = None
+        if name is not None:
+            folder = cache / "calibration" / f"{name}-{tensor_digest(directions.float())[:16]}"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scales = calibrate_scales(
                 model, directions.float(), hook, reference_texts=reference, scales=cal_grid,
-                batch_size=cfg.batch_size, **cal_target,
+                batch_size=cfg.batch_size, cache_dir=folder, **cal_target,
             )  # fmt: skip
         for w in caught:
             print(f"calibration ({name}): {w.message}", flush=True)
-        if path is not None:
-            with atomic_path(path) as tmp:
-                save_file({"directions": directions.float(), "scales": scales}, str(tmp))
         return scales
 
     # --- effect data: decoder rows (the targets' first), random mixes of 2-4 decoder rows

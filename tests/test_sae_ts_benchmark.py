@@ -84,6 +84,7 @@ def test_effect_cache_key_follows_the_effect_options_only(bench):
     for change in (
         dict(total_tokens=16), dict(top_k=None), dict(effect_scale="median"),
         dict(target_loss=4.0), dict(targets={"french": [1]}), dict(effect_prompts=["x"]),
+        dict(precision="bfloat16"), dict(backend="bridge"), dict(hook_name="blocks.3.hook_mlp_out"),
     ):  # fmt: skip
         assert bench.effect_cache_key(bench.SaeTsConfig(**change)) != key, change
     for same in (dict(eval_samples=3), dict(abs_scales=[1.0]), dict(n_side=2)):

@@ -11,7 +11,7 @@ import torch
 from conftest import build_tiny_bridge, build_tiny_model
 
 from ssae_lens._core.precision import PRECISIONS, autocast
-from ssae_lens.generation import generate_tokens, sample_tokens
+from ssae_lens.generation import generate_tokens, greedy_tokens, sample_tokens
 from ssae_lens.steering import steer_rows
 
 HOOK = "blocks.1.hook_resid_post"
@@ -112,6 +112,24 @@ def test_sample_tokens_inverts_the_cdf_at_given_uniforms():
     # cumulative 0.2, 0.5, 1.0: u below 0.2 -> token 0, below 0.5 -> token 1, else token 2
     u = torch.tensor([0.1, 0.3, 0.49, 0.9])
     assert sample_tokens(logits, u).tolist() == [0, 1, 1, 2]
+
+
+def test_u_at_the_total_mass_draws_the_last_token_with_positive_probability():
+    # u = 1 is where rounding can put a uniform number: no CDF entry exceeds it. The draw
+    # must be the last token that has probability, not one past the vocabulary nor a
+    # zero-probability tail token.
+    logits = torch.tensor([[0.0, 1.0, -math.inf, -math.inf], [0.0, 1.0, 2.0, 0.5]])
+    u = torch.ones(2)
+    assert sample_tokens(logits, u).tolist() == [1, 3]
+    # top_p = 0.5 keeps each row's most likely token alone; top_k = 2 its two most likely.
+    assert sample_tokens(logits, u, top_p=0.5).tolist() == [1, 2]
+    assert sample_tokens(logits, u, top_k=2).tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_tokens_take_the_first_of_tied_maxima(dtype):
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, -1.0, 5.0, 5.0], [0.0, 0.0, 0.0, 7.0]])
+    assert greedy_tokens(logits.to(dtype)).tolist() == [1, 0, 3]
 
 
 def test_rows_with_the_same_uniforms_sample_the_same_tokens(model):

@@ -193,7 +193,6 @@ class SSAETrainer(SAETrainer[TrainingSSAE, TrainingSSAEConfig]):
         # What a resumed run must share with the checkpoint it continues (seed, data digest).
         self.run_identity = dict(run_identity or {})
         self.history: list[TrainingRecord] = []
-        self._pbar: tqdm | None = None
         multiplier = self.sae.lagrange_multiplier
         primal = [p for p in self.sae.parameters() if p is not multiplier and p.requires_grad]
         groups: list[dict[str, Any]] = [{"params": primal}]
