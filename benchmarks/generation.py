@@ -20,7 +20,7 @@ cast to bf16, and float32 weights under ``torch.autocast("cpu", dtype=torch.bflo
 speed, greedy token agreement with float32, and the max |logit| difference on the forward
 pass.
 
-    nice -n 10 python benchmarks/generation.py [--batch 16] [--new-tokens 32] [--repeats 3]
+    python benchmarks/generation.py [--batch 16] [--new-tokens 32] [--repeats 3]
 
 ``--precision-rows 8,32,128`` instead times float32 against bfloat16 generation alone (greedy
 and top-k 50 sampled, ``--backend hooked`` or ``bridge``) at each number of rows, interleaved,
@@ -377,11 +377,12 @@ def write_report(args, n_tokens, width, speed, sweep, steps, precision) -> str:
     lines = [
         "# Generation speed on Gemma-3-270M (CPU)",
         "",
-        f"Command: `nice -n 10 python benchmarks/generation.py --batch {args.batch} "
+        f"Command: `python benchmarks/generation.py --batch {args.batch} "
         f"--new-tokens {args.new_tokens} --repeats {args.repeats} --threads {args.threads}` "
         f"({args.batch} rows x {width} tokens = {n_tokens} tokens: left-padded prompts of "
         f"<= {width - args.new_tokens} tokens + {args.new_tokens} new; {args.threads} torch "
-        "thread(s); medians of interleaved runs on a shared 2-core machine; CPU time is this "
+        f"thread(s); run at nice {os.nice(0)}, 1-minute load average {os.getloadavg()[0]:.1f} "
+        f"at the end ({os.cpu_count()} cores); medians of interleaved runs; CPU time is this "
         "process's).",
         "",
         "| method | wall s | CPU s | tokens/s (wall) | speed vs plain forward (wall) | (CPU) |",
