@@ -18,6 +18,7 @@ captured activations are returned in float32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,10 @@ from ssae_lens._core.precision import Precision, autocast, resolve_precision
 from ssae_lens._core.tokens import pad_token_rows
 
 __all__ = ["generate_texts", "generate_tokens", "greedy_tokens", "sample_tokens"]
+
+# Values per chunk of rows when sampling (16 MB in float32), so that the passes over each
+# row stay in cache.
+_ROW_CHUNK_VALUES = 2**22
 
 
 def sample_tokens(
@@ -70,23 +75,73 @@ def sample_tokens(
         values = values.gather(-1, order)
     else:
         values, candidates = logits, None
-    values = values.float()  # no copy for float32 logits
-    probs = torch.softmax(values if temperature == 1.0 else values / temperature, dim=-1)
+    step = max(1, _ROW_CHUNK_VALUES // values.shape[-1])
+    index = torch.cat(
+        [
+            _draw(rows, u, temperature, top_p)
+            for rows, u in zip(values.split(step), uniform.split(step), strict=True)
+        ]
+    )
+    return index if candidates is None else candidates.gather(-1, index[:, None])[:, 0]
+
+
+def _draw(
+    values: Float[Tensor, "batch vocab"],
+    uniform: Float[Tensor, " batch"],
+    temperature: float,
+    top_p: float | None,
+) -> Int[Tensor, " batch"]:
+    """:func:`sample_tokens` after top-k: the index into ``values`` of each row's draw."""
+    # Unnormalised probabilities exp((x - max) / T) in float32, in one buffer: the CDF is
+    # inverted at uniform x total mass, so nothing needs normalising.
+    weights = values.float()  # a copy unless the values are already float32
+    shift = weights.max(-1, keepdim=True).values
+    weights = weights - shift if weights is values else weights.sub_(shift)
+    if temperature != 1.0:
+        weights.div_(temperature)
+    weights.exp_()
     if top_p is not None and top_p < 1:
+        probs = weights / weights.sum(-1, keepdim=True)
         ranked, rank_order = probs.sort(dim=-1, descending=True)
         before = ranked.cumsum(-1) - ranked  # mass of strictly more likely tokens
         keep_ranked = before < top_p
         keep = torch.zeros_like(keep_ranked).scatter(-1, rank_order, keep_ranked)
-        probs = torch.where(keep, probs, 0.0)
-    cdf = probs.cumsum(-1)
-    u = uniform.to(cdf)[:, None] * cdf[:, -1:]
-    # The first token whose cumulative mass exceeds u: one with positive probability.
-    index = torch.searchsorted(cdf, u, right=True)[:, 0]
-    # Unless rounding puts u at the total mass: then the last token with positive probability.
-    beyond = index == probs.shape[-1]
-    if bool(beyond.any()):
-        index[beyond] = probs.shape[-1] - 1 - (probs[beyond].flip(-1) > 0).int().argmax(-1)
-    return index if candidates is None else candidates.gather(-1, index[:, None])[:, 0]
+        weights = torch.where(keep, probs, 0.0)
+    return _invert_cdf(weights, uniform)
+
+
+def _invert_cdf(
+    weights: Float[Tensor, "batch vocab"], uniform: Float[Tensor, " batch"]
+) -> Int[Tensor, " batch"]:
+    """Per row, the first token whose cumulative weight exceeds ``uniform`` x the row's total;
+    where rounding puts that at the total, the last token with positive weight.
+
+    Two levels instead of a cumulative sum over the whole vocabulary (a slow sequential scan
+    on CPU): cumulative sums of blocks of about sqrt(vocab) tokens locate each row's block,
+    then the cumulative sum of that block alone locates the token.
+    """
+    n_rows, vocab = weights.shape
+    width = math.isqrt(vocab)  # tokens per block; the last block may be shorter
+    n_whole = vocab // width
+    n_blocks = -(-vocab // width)
+    sums = weights[:, : n_whole * width].reshape(n_rows, n_whole, width).sum(-1)
+    if n_whole < n_blocks:
+        sums = torch.cat([sums, weights[:, n_whole * width :].sum(-1, keepdim=True)], dim=-1)
+    cumulative = sums.cumsum(-1)
+    target = uniform.to(cumulative)[:, None] * cumulative[:, -1:]
+    block = torch.searchsorted(cumulative, target, right=True)
+    # At the total mass: the last block with positive weight.
+    last_block = n_blocks - 1 - (sums.flip(-1) > 0).int().argmax(-1, keepdim=True)
+    block = torch.where(block == n_blocks, last_block, block)
+    start = torch.where(block > 0, cumulative.gather(-1, (block - 1).clamp(min=0)), 0.0)
+    columns = block * width + torch.arange(width, device=weights.device)
+    inside = columns < vocab
+    local = torch.where(inside, weights.gather(-1, columns.clamp(max=vocab - 1)), 0.0)
+    offset = torch.searchsorted(local.cumsum(-1), target - start, right=True)
+    # Where rounding puts the target past the block's own sum: its last token with weight.
+    last_in_block = width - 1 - (local.flip(-1) > 0).int().argmax(-1, keepdim=True)
+    offset = torch.where(offset == width, last_in_block, offset)
+    return (block * width + offset)[:, 0]
 
 
 def greedy_tokens(logits: Float[Tensor, "batch vocab"]) -> Int[Tensor, " batch"]:

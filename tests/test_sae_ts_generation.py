@@ -126,6 +126,30 @@ def test_u_at_the_total_mass_draws_the_last_token_with_positive_probability():
     assert sample_tokens(logits, u, top_k=2).tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("vocab", [2, 7, 1000, 10_007])
+def test_sample_tokens_inverts_the_float64_cdf_at_any_vocabulary_size(vocab):
+    # At vocabulary sizes with and without a short last block, with a zero-probability
+    # stretch in the middle: each draw is a token with probability whose interval of the
+    # float64 CDF, [P(tokens < i), P(tokens <= i)), holds u up to float32 rounding.
+    g = torch.Generator().manual_seed(vocab)
+    u = torch.rand(256, generator=g).double()
+    logits = torch.randn(256, vocab, generator=g) * 3
+    logits[:, vocab // 3 : vocab // 2] = -math.inf
+    for dtype in (torch.float32, torch.bfloat16):
+        rounded = logits.to(dtype)
+        probs = torch.softmax(rounded.double(), -1)
+        cdf = probs.cumsum(-1)
+        draws = sample_tokens(rounded, u.float())[:, None]
+        upper = cdf.gather(-1, draws)[:, 0]
+        lower = upper - probs.gather(-1, draws)[:, 0]
+        assert bool((probs.gather(-1, draws) > 0).all())
+        assert bool((lower - 1e-5 <= u).all()) and bool((u < upper + 1e-5).all())
+        # Exactly the float64 answer wherever no boundary lies within rounding of u.
+        clear = ((cdf - u[:, None]).abs() > 1e-5).all(-1)
+        expected = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
+        assert torch.equal(draws[clear, 0], expected[clear])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_greedy_tokens_take_the_first_of_tied_maxima(dtype):
     logits = torch.tensor([[1.0, 3.0, 3.0, 2.0], [5.0, -1.0, 5.0, 5.0], [0.0, 0.0, 0.0, 7.0]])
