@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ssae_lens._core.io import write_text_atomic
+from ssae_lens._core.threads import intra_op_threads
 from ssae_lens.generation import sample_tokens
 
 
@@ -108,12 +109,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    results = [
-        measure(int(rows), args.vocab, dtype, args.rounds)
-        for rows in args.rows.split(",")
-        for dtype in (torch.float32, torch.bfloat16)
-    ]
+    with intra_op_threads(args.threads):
+        results = [
+            measure(int(rows), args.vocab, dtype, args.rounds)
+            for rows in args.rows.split(",")
+            for dtype in (torch.float32, torch.bfloat16)
+        ]
     text = render(args, results)
     write_text_atomic(args.out / "sampling.md", text)
     write_text_atomic(

@@ -131,17 +131,20 @@ def _invert_cdf(
     target = uniform.to(cumulative)[:, None] * cumulative[:, -1:]
     block = torch.searchsorted(cumulative, target, right=True)
     # At the total mass: the last block with positive weight.
-    last_block = n_blocks - 1 - (sums.flip(-1) > 0).int().argmax(-1, keepdim=True)
-    block = torch.where(block == n_blocks, last_block, block)
+    block = torch.where(block == n_blocks, _last_positive(sums), block)
     start = torch.where(block > 0, cumulative.gather(-1, (block - 1).clamp(min=0)), 0.0)
     columns = block * width + torch.arange(width, device=weights.device)
     inside = columns < vocab
     local = torch.where(inside, weights.gather(-1, columns.clamp(max=vocab - 1)), 0.0)
     offset = torch.searchsorted(local.cumsum(-1), target - start, right=True)
     # Where rounding puts the target past the block's own sum: its last token with weight.
-    last_in_block = width - 1 - (local.flip(-1) > 0).int().argmax(-1, keepdim=True)
-    offset = torch.where(offset == width, last_in_block, offset)
+    offset = torch.where(offset == width, _last_positive(local), offset)
     return (block * width + offset)[:, 0]
+
+
+def _last_positive(x: Float[Tensor, "batch n"]) -> Int[Tensor, "batch 1"]:
+    """Per row, the index of the last positive entry."""
+    return x.shape[-1] - 1 - (x.flip(-1) > 0).int().argmax(-1, keepdim=True)
 
 
 def greedy_tokens(logits: Float[Tensor, "batch vocab"]) -> Int[Tensor, " batch"]:
